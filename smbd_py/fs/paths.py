@@ -1,0 +1,557 @@
+"""Share confinement: SMB path syntax -> validated components -> fds beneath a share.
+
+Owns ShareRoot (a share directory fd kept open), SMB name validation (MS-FSCC 2.1.5),
+case-insensitive lookup, and the errno -> NTSTATUS mapping for path operations.
+
+Every operation resolves relative to the share's directory fd.  Where the kernel has
+openat2(2) we let it enforce RESOLVE_BENEATH (no `..`, absolute path or symlink can
+leave the share, and there is no check-then-open race).  Otherwise a component-wise
+walk with O_NOFOLLOW emulates it, following only symlinks whose targets stay inside.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import stat as stat_mod
+import threading
+
+from smbd_py.wire.status import NtStatus, SmbError
+
+__all__ = [
+    "ShareRoot",
+    "PathEscapeError",
+    "errno_to_status",
+    "split_path",
+    "split_stream_path",
+    "OPENAT2_AVAILABLE",
+]
+
+# ---------------------------------------------------------------------------
+# Kernel interfaces through ctypes (x86_64 and every arch using the unified table:
+# openat2 is 437 everywhere).
+_SYS_openat2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RENAME_NOREPLACE = 1
+_MAX_SYMLINKS = 40  # what the kernel allows in one resolution (MAXSYMLINKS)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
+
+try:
+    _renameat2 = _libc.renameat2
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    _renameat2.restype = ctypes.c_int
+except AttributeError:  # glibc < 2.28
+    _renameat2 = None
+
+
+def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    how = _OpenHow(flags, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0, _RESOLVE)
+    fd = _syscall(_SYS_openat2, ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
+                  ctypes.c_size_t(_OPEN_HOW_SIZE))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+def _probe_openat2() -> bool:
+    try:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        try:
+            os.close(_openat2(fd, ".", os.O_PATH | os.O_CLOEXEC))
+        except OSError:
+            return False
+        # It must also refuse an escape, or it is not the openat2 we think it is.
+        try:
+            os.close(_openat2(fd, "..", os.O_PATH | os.O_CLOEXEC))
+            # ".." at "/" stays at "/", which RESOLVE_BENEATH still forbids.
+            return False
+        except OSError as e:
+            return e.errno == errno.EXDEV
+    finally:
+        os.close(fd)
+
+
+OPENAT2_AVAILABLE = _probe_openat2()
+
+
+# ---------------------------------------------------------------------------
+class PathEscapeError(SmbError):
+    """A path (through `..` or a symlink) tried to leave the share."""
+
+    def __init__(self, message: str = "path escapes the share") -> None:
+        super().__init__(NtStatus.ACCESS_DENIED, message)
+
+
+_ERRNO_LAST = {
+    errno.ENOENT: NtStatus.OBJECT_NAME_NOT_FOUND,
+    errno.ENOTDIR: NtStatus.NOT_A_DIRECTORY,
+}
+_ERRNO_INTERMEDIATE = {
+    errno.ENOENT: NtStatus.OBJECT_PATH_NOT_FOUND,
+    errno.ENOTDIR: NtStatus.OBJECT_PATH_NOT_FOUND,
+}
+_ERRNO_ANY = {
+    errno.EEXIST: NtStatus.OBJECT_NAME_COLLISION,
+    errno.EACCES: NtStatus.ACCESS_DENIED,
+    errno.EPERM: NtStatus.ACCESS_DENIED,
+    errno.EROFS: NtStatus.MEDIA_WRITE_PROTECTED,
+    errno.EISDIR: NtStatus.FILE_IS_A_DIRECTORY,
+    errno.ENOTEMPTY: NtStatus.DIRECTORY_NOT_EMPTY,
+    errno.ELOOP: NtStatus.ACCESS_DENIED,
+    errno.EXDEV: NtStatus.ACCESS_DENIED,
+    errno.ENOSPC: NtStatus.DISK_FULL,
+    errno.EDQUOT: NtStatus.DISK_FULL,
+    errno.ENAMETOOLONG: NtStatus.OBJECT_NAME_INVALID,
+    errno.EINVAL: NtStatus.INVALID_PARAMETER,
+    errno.EMFILE: NtStatus.TOO_MANY_OPENED_FILES,
+    errno.ENFILE: NtStatus.TOO_MANY_OPENED_FILES,
+    errno.ENOMEM: NtStatus.NO_MEMORY,
+    errno.EBUSY: NtStatus.SHARING_VIOLATION,
+    errno.ETXTBSY: NtStatus.SHARING_VIOLATION,
+    errno.EAGAIN: NtStatus.SHARING_VIOLATION,  # O_NONBLOCK open of a leased file
+    errno.EBADF: NtStatus.INVALID_HANDLE,
+    errno.EFBIG: NtStatus.DISK_FULL,
+    errno.EIO: NtStatus.UNEXPECTED_NETWORK_ERROR,
+}
+
+
+def errno_to_status(err: int, last_component: bool = True) -> int:
+    """NTSTATUS for an errno from a path operation; ENOENT/ENOTDIR depend on where."""
+    table = _ERRNO_LAST if last_component else _ERRNO_INTERMEDIATE
+    st = table.get(err)
+    if st is None:
+        st = _ERRNO_ANY.get(err, NtStatus.ACCESS_DENIED if err is None else NtStatus.UNSUCCESSFUL)
+    return int(st)
+
+
+def _smb_error(e: OSError, last_component: bool = True) -> SmbError:
+    if e.errno == errno.EXDEV:
+        return PathEscapeError()
+    return SmbError(errno_to_status(e.errno, last_component), f"{e.strerror}: {e.filename!r}")
+
+
+# ---------------------------------------------------------------------------
+# Name validation (MS-FSCC 2.1.5.2): these may never appear in a component.
+# Surrogates are refused too: they cannot come from valid UTF-16 and would otherwise
+# turn into raw bytes through the filesystem encoding's surrogateescape.
+_BAD_CHARS = re.compile('[\x00-\x1f"*/<>?|\\\\\ud800-\udfff]')
+_BAD_STREAM_CHARS = re.compile('[\x00-\x1f"*/<>?|\\\\:\ud800-\udfff]')
+
+
+def split_stream_path(smb_path: str) -> tuple[tuple[str, ...], str | None]:
+    """Validate an SMB path; return (components, stream_name or None).
+
+    `name::$DATA` and `name:` (unnamed stream) mean the file itself (stream None);
+    `name:s` / `name:s:$DATA` return stream "s".  A leading backslash is tolerated,
+    trailing backslashes are dropped, `..` is folded lexically (Windows does the same
+    before the filesystem sees the name) and may not climb above the share root.
+    """
+    p = smb_path
+    if p.startswith("\\"):
+        p = p.lstrip("\\")
+    if p.endswith("\\"):
+        p = p.rstrip("\\")
+    if not p:
+        return (), None
+    parts = p.split("\\")
+    out: list[str] = []
+    stream: str | None = None
+    n = len(parts)
+    for i, comp in enumerate(parts):
+        if not comp:
+            raise SmbError(NtStatus.OBJECT_NAME_INVALID, "empty path component")
+        if ":" in comp:
+            if i != n - 1:
+                raise SmbError(NtStatus.OBJECT_NAME_INVALID, "stream syntax in a directory component")
+            comp, stream = _split_stream_component(comp)
+        if _BAD_CHARS.search(comp) is not None:
+            raise SmbError(NtStatus.OBJECT_NAME_INVALID, "invalid character in name")
+        if comp == "..":
+            if not out:
+                raise SmbError(NtStatus.OBJECT_PATH_SYNTAX_BAD, "'..' above the share root")
+            out.pop()
+            continue
+        if comp == ".":
+            raise SmbError(NtStatus.OBJECT_NAME_INVALID, "'.' component")
+        out.append(comp)
+    return tuple(out), stream
+
+
+def _split_stream_component(comp: str) -> tuple[str, str | None]:
+    base, _, rest = comp.partition(":")
+    if not base:
+        raise SmbError(NtStatus.OBJECT_NAME_INVALID, "stream without a file name")
+    sname, sep, stype = rest.partition(":")
+    if sep:
+        if stype.upper() != "$DATA":
+            raise SmbError(NtStatus.OBJECT_NAME_INVALID, "unsupported stream type")
+    if _BAD_STREAM_CHARS.search(sname) is not None:
+        raise SmbError(NtStatus.OBJECT_NAME_INVALID, "invalid character in stream name")
+    return base, (sname or None)
+
+
+def split_path(smb_path: str) -> tuple[str, ...]:
+    """Validate an SMB path into components; named streams are not supported yet."""
+    comps, stream = split_stream_path(smb_path)
+    if stream is not None:
+        raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "alternate data streams are not supported")
+    return comps
+
+
+# ---------------------------------------------------------------------------
+_O_CLOEXEC = os.O_CLOEXEC
+_O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_O_LIST_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class ShareRoot:
+    """A share directory, kept open; every path operation stays beneath it.
+
+    Components are those returned by split(): validated, no `.`/`..`.  Methods are
+    blocking (call them from a thread pool) and raise SmbError.
+    """
+
+    def __init__(self, path: str, case_sensitive: bool = False, use_openat2: bool | None = None) -> None:
+        self.path = os.path.realpath(path)
+        self.case_sensitive = case_sensitive
+        self.use_openat2 = OPENAT2_AVAILABLE if use_openat2 is None else (use_openat2 and OPENAT2_AVAILABLE)
+        self.fd = os.open(self.path, _O_PATH_DIR)
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self.fd)
+
+    def __enter__(self) -> "ShareRoot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- syntax -------------------------------------------------------------
+    split = staticmethod(split_path)
+    split_stream = staticmethod(split_stream_path)
+
+    @staticmethod
+    def relpath_of(components: tuple[str, ...] | list[str]) -> str:
+        """POSIX path relative to the share root ('' for the root itself)."""
+        return "/".join(components)
+
+    # -- low-level confined open ---------------------------------------------
+    def _raw_open(self, components, flags: int, mode: int = 0, follow_last: bool = True) -> int:
+        """Open beneath the share with the exact (already case-corrected) components."""
+        if not follow_last:
+            flags |= os.O_NOFOLLOW
+        if not components:
+            # The share root itself: reopen through "." so flags apply.
+            if flags & os.O_CREAT and flags & os.O_EXCL:
+                raise OSError(errno.EEXIST, "share root exists", "")
+            if self.use_openat2:
+                return _openat2(self.fd, ".", (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)) | _O_CLOEXEC)
+            return os.open(".", (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)) | _O_CLOEXEC, dir_fd=self.fd)
+        if self.use_openat2:
+            return _openat2(self.fd, "/".join(components), flags | _O_CLOEXEC, mode)
+        return self._walk_open(list(components), flags | _O_CLOEXEC, mode, follow_last)
+
+    def _walk_open(self, names: list[str], flags: int, mode: int, follow_last: bool) -> int:
+        """openat2(RESOLVE_BENEATH) emulation: one component at a time, O_NOFOLLOW,
+        expanding symlinks ourselves and refusing any that climb out."""
+        todo = names[::-1]
+        stack = [self.fd]  # stack[0] is ours-not-owned; the rest are owned O_PATH dir fds
+        links = 0
+        try:
+            while todo:
+                name = todo.pop()
+                if name in ("", "."):
+                    continue
+                if name == "..":
+                    if len(stack) == 1:
+                        raise OSError(errno.EXDEV, "escape through ..", name)
+                    os.close(stack.pop())
+                    continue
+                cur = stack[-1]
+                if todo:
+                    try:
+                        stack.append(os.open(name, _O_PATH_DIR | os.O_NOFOLLOW, dir_fd=cur))
+                        continue
+                    except OSError as e:
+                        if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                            raise
+                        target = self._readlink_or_none(name, cur)
+                        if target is None:
+                            raise
+                else:
+                    try:
+                        fd = os.open(name, flags | os.O_NOFOLLOW, mode, dir_fd=cur)
+                    except OSError as e:
+                        if not follow_last or e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+                            raise
+                        if e.errno == errno.EEXIST and flags & os.O_EXCL:
+                            raise
+                        target = self._readlink_or_none(name, cur)
+                        if target is None:
+                            raise
+                    else:
+                        if not (flags & os.O_PATH and follow_last):
+                            return fd
+                        # O_PATH|O_NOFOLLOW opens the link itself; expand it ourselves.
+                        if not stat_mod.S_ISLNK(os.fstat(fd).st_mode):
+                            return fd
+                        os.close(fd)
+                        target = os.readlink(name, dir_fd=cur)
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, "too many symlinks", name)
+                if target.startswith("/"):
+                    raise OSError(errno.EXDEV, "absolute symlink", name)
+                todo.extend(target.split("/")[::-1])
+            # Ran out of names (e.g. "a/.." or a symlink to "."): open the current dir.
+            return os.open(".", (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW)), dir_fd=stack[-1])
+        finally:
+            for fd in stack[1:]:
+                os.close(fd)
+
+    @staticmethod
+    def _readlink_or_none(name: str, dir_fd: int) -> str | None:
+        try:
+            return os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            return None
+
+    # -- case-insensitive resolution ------------------------------------------
+    def _exists(self, components) -> bool:
+        try:
+            os.close(self._raw_open(components, os.O_PATH, follow_last=False))
+            return True
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
+
+    def _casefold_match(self, dir_components, name: str) -> str | None:
+        fd = self._raw_open(dir_components, _O_LIST_DIR)
+        want = name.casefold()
+        try:
+            with os.scandir(fd) as it:
+                for ent in it:
+                    if ent.name.casefold() == want:
+                        return ent.name
+        finally:
+            os.close(fd)
+        return None
+
+    def resolve(self, components) -> tuple[str, ...]:
+        """Case-correct `components` against what is on disk.
+
+        Existing components take their on-disk spelling; a missing last component is
+        kept as given (new names are created as the client spells them).  A missing
+        intermediate component raises OBJECT_PATH_NOT_FOUND.
+        """
+        comps = tuple(components)
+        try:
+            if self.case_sensitive or not comps or self._exists(comps):
+                return comps
+            out: list[str] = []
+            n = len(comps)
+            for i, name in enumerate(comps):
+                last = i == n - 1
+                probe = out + [name]
+                if not self._exists(probe):
+                    try:
+                        match = self._casefold_match(out, name)
+                    except OSError as e:
+                        raise _smb_error(e, last_component=False) from None
+                    if match is None:
+                        if last:
+                            return tuple(probe)
+                        raise SmbError(NtStatus.OBJECT_PATH_NOT_FOUND, "/".join(probe))
+                    name = match
+                out.append(name)
+            return tuple(out)
+        except OSError as e:
+            raise _smb_error(e, last_component=False) from None
+
+    # -- public operations ------------------------------------------------------
+    def open(self, components, flags: int, mode: int = 0o666, follow_last: bool = True) -> int:
+        """Open a file or directory beneath the share; returns an fd (O_CLOEXEC).
+
+        Symlinks are followed only while they stay inside the share; leaving it raises
+        PathEscapeError (ACCESS_DENIED).  Pass follow_last=False to get O_NOFOLLOW
+        semantics on the last component.
+        """
+        comps = tuple(components)
+        if flags & os.O_CREAT and not self.case_sensitive:
+            comps = self.resolve(comps)
+            try:
+                return self._raw_open(comps, flags, mode, follow_last)
+            except OSError as e:
+                raise self._classify(comps, e) from None
+        try:
+            return self._raw_open(comps, flags, mode, follow_last)
+        except OSError as e:
+            if e.errno != errno.ENOENT or self.case_sensitive:
+                raise self._classify(comps, e) from None
+        fixed = self.resolve(comps)
+        try:
+            return self._raw_open(fixed, flags, mode, follow_last)
+        except OSError as e:
+            raise self._classify(fixed, e) from None
+
+    def _classify(self, comps, e: OSError) -> SmbError:
+        """Map an errno from a whole-path operation: was the last component at fault?"""
+        if e.errno in (errno.ENOENT, errno.ENOTDIR) and len(comps) > 1:
+            parent = comps[:-1]
+            try:
+                fd = self._raw_open(parent, _O_PATH_DIR)
+            except OSError as pe:
+                if pe.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return SmbError(NtStatus.OBJECT_PATH_NOT_FOUND, "/".join(parent))
+                return _smb_error(pe, last_component=False)
+            os.close(fd)
+        return _smb_error(e, last_component=True)
+
+    def open_parent(self, components) -> tuple[int, str]:
+        """(owned O_PATH fd of the parent directory, on-disk last name) for *at calls."""
+        comps = self.resolve(components)
+        if not comps:
+            raise SmbError(NtStatus.ACCESS_DENIED, "operation on the share root")
+        try:
+            fd = self._raw_open(comps[:-1], _O_PATH_DIR)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise SmbError(NtStatus.OBJECT_PATH_NOT_FOUND, "/".join(comps[:-1])) from None
+            raise _smb_error(e, last_component=False) from None
+        return fd, comps[-1]
+
+    def stat(self, components, follow_last: bool = True) -> os.stat_result:
+        """stat() beneath the share (symlinks followed only inside it)."""
+        fd = self.open(components, os.O_PATH, follow_last=follow_last)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
+
+    def open_dir(self, components) -> int:
+        """An fd suitable for listing (O_RDONLY|O_DIRECTORY)."""
+        return self.open(components, _O_LIST_DIR)
+
+    def mkdir(self, components, mode: int = 0o777) -> None:
+        pfd, name = self.open_parent(components)
+        try:
+            os.mkdir(name, mode, dir_fd=pfd)
+        except OSError as e:
+            raise _smb_error(e) from None
+        finally:
+            os.close(pfd)
+
+    def unlink(self, components) -> None:
+        pfd, name = self.open_parent(components)
+        try:
+            os.unlink(name, dir_fd=pfd)
+        except OSError as e:
+            raise _smb_error(e) from None
+        finally:
+            os.close(pfd)
+
+    def rmdir(self, components) -> None:
+        pfd, name = self.open_parent(components)
+        try:
+            os.rmdir(name, dir_fd=pfd)
+        except OSError as e:
+            raise _smb_error(e) from None
+        finally:
+            os.close(pfd)
+
+    def rename(self, old_components, new_components, replace: bool) -> tuple[str, ...]:
+        """Rename within the share; returns the on-disk components of the new name.
+
+        replace=False is atomic (renameat2 RENAME_NOREPLACE).  A case-insensitive
+        clash with another entry counts as a collision; renaming an entry onto a
+        case variant of its own name is allowed.  Replacing a directory is refused
+        with ACCESS_DENIED (MS-FSA 2.1.5.14.11).
+        """
+        src_fd, src_name = self.open_parent(old_components)
+        try:
+            new = tuple(new_components)
+            if not new:
+                raise SmbError(NtStatus.ACCESS_DENIED, "rename onto the share root")
+            dst_fd, dst_name = self.open_parent(new)
+            try:
+                want = new[-1]
+                if dst_name != want:
+                    # resolve() found an existing case variant of the new name.
+                    if os.path.samestat(os.fstat(src_fd), os.fstat(dst_fd)) and dst_name == src_name:
+                        dst_name = want  # case-only rename of the same entry
+                    elif not replace:
+                        raise SmbError(NtStatus.OBJECT_NAME_COLLISION, "/".join(new))
+                if replace:
+                    try:
+                        tst = os.stat(dst_name, dir_fd=dst_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as e:
+                        raise _smb_error(e) from None
+                    else:
+                        if stat_mod.S_ISDIR(tst.st_mode):
+                            raise SmbError(NtStatus.ACCESS_DENIED, "cannot replace a directory")
+                    try:
+                        os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                    except OSError as e:
+                        raise _smb_error(e) from None
+                else:
+                    self._rename_noreplace(src_fd, src_name, dst_fd, dst_name)
+                return tuple(self.resolve(new[:-1])) + (dst_name,)
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+
+    @staticmethod
+    def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+        if src == dst and os.path.samestat(os.fstat(src_fd), os.fstat(dst_fd)):
+            return  # renaming onto itself is a no-op, not a collision
+        if _renameat2 is not None:
+            r = _renameat2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_NOREPLACE)
+            if r == 0:
+                return
+            err = ctypes.get_errno()
+            if err != errno.EINVAL:  # EINVAL: filesystem without RENAME_NOREPLACE
+                raise _smb_error(OSError(err, os.strerror(err), dst))
+        # Fallback (racy, only on filesystems without RENAME_NOREPLACE): check first.
+        try:
+            os.stat(dst, dir_fd=dst_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:
+            raise SmbError(NtStatus.OBJECT_NAME_COLLISION, dst)
+        try:
+            os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        except OSError as e:
+            raise _smb_error(e) from None
+
+    def listdir_fd(self, dir_fd: int) -> list[str]:
+        """Names in an open directory (small directories; use DirCursor for big ones)."""
+        return os.listdir(dir_fd)
