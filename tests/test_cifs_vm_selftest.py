@@ -101,6 +101,21 @@ def test_netns_cleanup_kills_and_deletes():
     assert name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
+def test_start_server_generic_argv(tmp_path):
+    """The launch path smbd_py will use: any argv, inside the netns, readiness by port."""
+    code = ("import socket,time; s=socket.socket(); s.bind(('10.213.0.1', 14790)); s.listen();"
+            "print('listening', flush=True); time.sleep(300)")
+    with cifs_vm.netns() as n:
+        log = tmp_path / "server.log"
+        proc = cifs_vm.start_server(n, [sys.executable, "-c", code], 14790, log_path=log)
+        assert proc.poll() is None
+        n.stop(proc)
+        assert proc.poll() is not None
+        assert "listening" in log.read_text()
+        with pytest.raises(cifs_vm.CifsVmError):
+            cifs_vm.start_server(n, [sys.executable, "-c", "raise SystemExit(3)"], 14791, timeout_s=5)
+
+
 # --- the VM itself ------------------------------------------------------------
 
 
@@ -121,7 +136,7 @@ def test_guest_timeout_kills_qemu(ns, image):
     vm = cifs_vm.CifsVm(ns, image)
     t0 = time.monotonic()
     with pytest.raises(cifs_vm.GuestTimeout) as ei:
-        vm.run_in_guest("echo started; sleep 600", timeout_s=15)
+        vm.run_in_guest("echo started; sleep 600", timeout_s=10)
     assert time.monotonic() - t0 < 40
     assert "started" in ei.value.output
     # no qemu left running in our namespace

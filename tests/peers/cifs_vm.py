@@ -48,15 +48,6 @@ from typing import Iterator, Sequence
 
 # Debian packages the builder and runner need on the host (iproute2 for `ip`).
 HOST_APT_PACKAGES = ("qemu-system-x86", "busybox-static", "cifs-utils", "cpio", "kmod", "iproute2")
-# Binaries whose presence means the packages above are usable.
-_HOST_BINARIES = {
-    "qemu-system-x86": "qemu-system-x86_64",
-    "busybox-static": "busybox",
-    "cifs-utils": "mount.cifs",
-    "cpio": "cpio",
-    "kmod": "depmod",
-    "iproute2": "ip",
-}
 
 # Modules loaded in the guest, in this order; each is expanded with
 # `modprobe --show-depends` so dependencies come first.
@@ -105,7 +96,7 @@ sync
 poweroff -f
 """
 
-_KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=3 rdinit=/init mitigations=off random.trust_cpu=on"
+_KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init mitigations=off random.trust_cpu=on"
 
 
 class CifsVmError(RuntimeError):
@@ -213,19 +204,18 @@ def _apt_install(packages: Sequence[str]) -> None:
 
 
 def ensure_host_packages(extra: Sequence[str] = ()) -> None:
-    """apt-get installs whatever of HOST_APT_PACKAGES (+extra) is missing."""
-    missing = [p for p in HOST_APT_PACKAGES if not _have_binary(_HOST_BINARIES[p])]
-    for p in extra:
-        st = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True)
-        if "install ok installed" not in st.stdout:
-            missing.append(p)
+    """apt-get installs whatever of HOST_APT_PACKAGES (+extra) is not installed.
+
+    Checked by package (dpkg-query), not by binary: Debian's dynamic `busybox`
+    package also provides /bin/busybox, but only busybox-static runs in the guest.
+    """
+    wanted = [*HOST_APT_PACKAGES, *extra]
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${Status}\n", *wanted],
+                       capture_output=True, text=True, timeout=60)
+    ok = {line.split()[0] for line in r.stdout.splitlines() if line.endswith("install ok installed")}
+    missing = [p for p in wanted if p not in ok]
     if missing:
         _apt_install(missing)
-
-
-def _have_binary(name: str) -> bool:
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    return shutil.which(name, path=path) is not None
 
 
 def _which(name: str) -> str:
@@ -316,7 +306,10 @@ def _build(dest: Path, kernel_pkg: str) -> VmImage:
         cpio.mkdir(d)
     cpio.add_chardev("dev/console", 5, 1)
     cpio.add_chardev("dev/null", 1, 3, 0o666)
-    busybox = Path(_which("busybox")).read_bytes()
+    busybox_path = _which("busybox")
+    if _shared_libs(busybox_path):
+        raise CifsVmError(f"{busybox_path} is dynamically linked: install busybox-static")
+    busybox = Path(busybox_path).read_bytes()
     cpio.add_file("bin/busybox", busybox, 0o755)
     cpio.add_symlink("bin/sh", "busybox")
     # mount.cifs (plus its shared libraries) for options busybox mount lacks.
@@ -574,6 +567,30 @@ def _read_text(path: Path) -> str:
         return path.read_bytes().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def start_server(ns: NetNs, argv: Sequence[str], port: int, *, log_path: str | os.PathLike | None = None,
+                 timeout_s: float = 20.0, **popen_kw) -> subprocess.Popen:
+    """Starts any server under test inside ns (e.g. [sys.executable, "-m", "smbd_py",
+    "serve", "--listen", f"{ns.host_addr}:{port}", ...]) and waits until it listens on
+    port. Output goes to log_path (or is discarded). Stopped by ns.stop(proc) or when
+    the netns() context exits."""
+    if log_path is not None:
+        log = open(log_path, "ab")
+        popen_kw.setdefault("stdout", log)
+        popen_kw.setdefault("stderr", subprocess.STDOUT)
+    else:
+        popen_kw.setdefault("stdout", subprocess.DEVNULL)
+        popen_kw.setdefault("stderr", subprocess.DEVNULL)
+    proc = ns.popen(argv, **popen_kw)
+    if log_path is not None:
+        log.close()  # the child holds its own copy
+    try:
+        ns.wait_listening(proc, port, timeout_s)
+    except BaseException:
+        ns.stop(proc)
+        raise
+    return proc
 
 
 # ---------------------------------------------------------------------------
