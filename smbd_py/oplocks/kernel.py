@@ -31,7 +31,8 @@ Rules the caller must follow (the kernel's, see fcntl(2) and fs/locks.c)
 * A write lease is accepted on an fd of any access mode, but only while that fd is the
   inode's ONLY open (O_PATH opens do not count). ``downgrade()`` of a write lease held on
   a writable fd fails (EAGAIN: the fd itself is a writable open): use an O_RDONLY lease
-  fd if you want to downgrade, or release instead.
+  fd if you want to downgrade, or release instead. Downgrade also fails once a writer
+  is waiting (break target 'none'): the kernel counts its write access before it breaks.
 * I/O through the leased fd itself (write, ftruncate) does not break the lease; a second
   open() of the same file by this server does - on O_NONBLOCK it fails with EWOULDBLOCK
   and the break starts, reported through ``on_break`` like any other. Retry such opens
@@ -53,6 +54,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -80,6 +82,8 @@ _PROC_LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
 # SIG_IGN, so they look "used" to the picker but are ours to reuse.
 _retired_signals: set[int] = set()
 _active_signals: set[int] = set()
+# Signals reserve_lease_signal() blocked ahead of start(); start() takes these first.
+_reserved_signals: set[int] = set()
 _signal_lock = threading.Lock()
 
 
@@ -89,13 +93,14 @@ def reserve_lease_signal(signo: Optional[int] = None) -> int:
     so that every later thread inherits the mask. Returns the signal number."""
     with _signal_lock:
         if signo is None:
-            free = sorted(_retired_signals - _active_signals)
+            free = sorted((_reserved_signals | _retired_signals) - _active_signals)
             signo = free[0] if free else _linux.pick_realtime_signal()
         if not signal.SIGRTMIN <= signo <= signal.SIGRTMAX:
             raise ValueError(f"lease signal must be a realtime signal, got {signo}")
         if signo in _active_signals:
             raise RuntimeError(f"signal {signo} is already used by a running KernelLeases")
         signal.pthread_sigmask(signal.SIG_BLOCK, {signo, signal.SIGIO})
+        _reserved_signals.add(signo)
         return signo
 
 
@@ -480,7 +485,9 @@ async def open_when_unleased(
     """
     loop = asyncio.get_running_loop()
     call = functools.partial(os.open, path, flags | os.O_NONBLOCK, mode, dir_fd=dir_fd)
-    deadline = loop.time() + timeout_s
+    # time.monotonic, not loop.time(): uvloop's clock is cached per loop iteration
+    # in whole milliseconds and would end the wait early.
+    deadline = time.monotonic() + timeout_s
     delay = 0.001
     while True:
         try:
@@ -488,7 +495,7 @@ async def open_when_unleased(
                 return call()
             return await loop.run_in_executor(executor, call)
         except BlockingIOError:
-            remaining = deadline - loop.time()
+            remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(
                     f"open({path!r}): a kernel lease on the file is still breaking "
