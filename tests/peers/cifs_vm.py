@@ -662,8 +662,9 @@ def start_samba(ns: NetNs, base_dir: Path, *, port: int = 14745, share_name: str
 """)
     subprocess.run([smbpasswd, "-c", str(conf), "-a", "-s", user], input=f"{password}\n{password}\n",
                    capture_output=True, text=True, check=True, timeout=30)
-    proc = ns.popen([smbd, "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf)],
-                    stdout=open(dirs["log"] / "log.stdout", "w"), stderr=subprocess.STDOUT)
+    with open(dirs["log"] / "log.stdout", "wb") as log:  # the child keeps its own fd
+        proc = ns.popen([smbd, "--foreground", "--no-process-group", "--debug-stdout", "-s", str(conf)],
+                        stdout=log, stderr=subprocess.STDOUT)
     srv = SambaServer(proc, conf, share, share_name, port, user, password, dirs["log"])
     try:
         ns.wait_listening(proc, port, timeout_s)
