@@ -213,3 +213,13 @@ def test_describe_lines():
     ro = LeaseSupport(True, True, False, 10, True, True, "/srv", "write lease refused")
     assert ro.describe().startswith("kernel leases: on (read), lease-break-time 10 s, "
                                     "delegations present; write lease refused")
+
+
+def test_probe_says_off_when_leases_are_disabled(tmp_path, monkeypatch):
+    # The sysctl itself is system-wide and shared: point the probe at a copy.
+    sysctl = tmp_path / "leases-enable"
+    sysctl.write_text("0\n")
+    monkeypatch.setattr(kernel, "_PROC_LEASES_ENABLE", str(sysctl))
+    s = kernel.probe(str(tmp_path))
+    assert not s.on and not s.leases_enabled
+    assert s.describe().startswith(f"kernel leases: off: {sysctl} is 0; ")
