@@ -96,8 +96,7 @@ class Encryptor:
 
     def encrypt(self, session_id: int, message: bytes | bytearray | memoryview) -> bytes:
         """TRANSFORM_HEADER || ciphertext for one (possibly compounded) SMB2 message."""
-        nonce = self._next_nonce()
-        return _seal(self._aead, nonce, session_id, message)
+        return _seal(self._aead, self._nonce_len, self._next_nonce(), session_id, message)
 
 
 class Decryptor:
@@ -112,10 +111,13 @@ class Decryptor:
         return _open(self._aead, self._nonce_len, transform)
 
 
-def _seal(aead, nonce: bytes, session_id: int, message) -> bytes:
-    header = bytearray(_TRANSFORM.pack(TRANSFORM_PROTOCOL_ID, b"", nonce.ljust(16, b"\x00"),
+def _seal(aead, nonce_len: int, nonce: bytes, session_id: int, message) -> bytes:
+    # The 16-byte Nonce field: the AEAD nonce, then zeros. All 16 bytes are in
+    # the AAD, so a peer's non-zero tail (Windows leaves one) still verifies.
+    nonce_field = nonce.ljust(16, b"\x00")
+    header = bytearray(_TRANSFORM.pack(TRANSFORM_PROTOCOL_ID, b"", nonce_field,
                                        len(message), 0, _FLAGS_ENCRYPTED, session_id))
-    sealed = aead.encrypt(nonce, bytes(message), bytes(header[_AAD_OFFSET:]))
+    sealed = aead.encrypt(nonce_field[:nonce_len], bytes(message), bytes(header[_AAD_OFFSET:]))
     # cryptography returns ciphertext || tag; the tag is the header's Signature.
     header[4:20] = sealed[-16:]
     return bytes(header) + sealed[:-16]
@@ -146,8 +148,8 @@ def _open(aead, nonce_len: int, transform) -> tuple[int, bytes]:
 def encrypt(cipher_id: int, key: bytes, session_id: int,
             message: bytes | bytearray | memoryview) -> bytes:
     """One-shot encrypt with a random nonce (MS-SMB2 allows random nonces for GCM/CCM)."""
-    nonce = os.urandom(_spec(cipher_id)[2])
-    return _seal(_aead(cipher_id, key), nonce, session_id, message)
+    nonce_len = _spec(cipher_id)[2]
+    return _seal(_aead(cipher_id, key), nonce_len, os.urandom(nonce_len), session_id, message)
 
 
 def decrypt(cipher_id: int, key: bytes, transform: bytes | bytearray | memoryview) -> tuple[int, bytes]:
