@@ -60,7 +60,10 @@ except AttributeError:  # glibc < 2.28
 
 
 def _openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
-    how = _OpenHow(flags, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0, _RESOLVE)
+    # O_TMPFILE includes O_DIRECTORY's bit, so test for all of its bits.
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    takes_mode = flags & os.O_CREAT or (tmpfile and flags & tmpfile == tmpfile)
+    how = _OpenHow(flags, mode if takes_mode else 0, _RESOLVE)
     fd = _syscall(_SYS_openat2, ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
                   ctypes.c_size_t(_OPEN_HOW_SIZE))
     if fd < 0:

@@ -1,0 +1,384 @@
+"""One client connection: framing results in, compound splitting, credits, sessions,
+signing checks, async (interim) responses, CANCEL, and response assembly out.
+
+Command bodies are handled in the sibling modules registered in dispatch.HANDLERS.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from typing import Any, Callable
+
+from ..wire.header import (Command, Flags, Header, HEADER_SIZE, PROTOCOL_ID, SMB1_PROTOCOL_ID,
+                           TRANSFORM_PROTOCOL_ID, FRAME, RELATED_FILE_ID, SIGNATURE_OFFSET,
+                           UNSOLICITED_MESSAGE_ID)
+from ..wire.status import NtStatus, SmbError
+from .request import Request
+
+log = logging.getLogger("smbd_py.connection")
+
+ERROR_BODY = b"\x09\x00\x00\x00\x00\x00\x00\x00\x00"
+NO_SESSION_COMMANDS = frozenset({Command.NEGOTIATE, Command.SESSION_SETUP, Command.ECHO,
+                                 Command.CANCEL})
+NO_TREE_COMMANDS = NO_SESSION_COMMANDS | {Command.LOGOFF, Command.TREE_CONNECT}
+ZERO_SIGNATURE = b"\0" * 16
+
+
+class Disconnect(Exception):
+    """The request breaks the protocol badly enough that the connection must be dropped."""
+
+
+class Connection:
+    def __init__(self, server: Any, transport: Any, peer: Any = None) -> None:
+        self.server = server
+        self.transport = transport
+        self.peer = peer
+        self.closed = False
+        self.dialect = 0
+        self.negotiated = False
+        self.client_guid = b"\0" * 16
+        self.client_capabilities = 0
+        self.client_security_mode = 0
+        self.client_dialects: list[int] = []
+        self.server_capabilities = 0
+        self.server_security_mode = 0
+        self.preauth_hash: bytes | None = None
+        self.signing_algorithm = 0        # 0 HMAC-SHA256, 1 AES-CMAC, 2 AES-GMAC
+        self.cipher_id = 0                # 0: none negotiated
+        self.max_transact = 8 << 20
+        self.max_read = 8 << 20
+        self.max_write = 8 << 20
+        self.sessions: dict[int, Any] = {}
+        # Credits: the client may use message ids in [seq_low, seq_high) not in seq_used.
+        self.seq_low = 0
+        self.seq_high = 1
+        self.seq_used: set[int] = set()
+        self.async_requests: dict[int, Request] = {}
+        self.inflight: dict[int, Request] = {}
+        self.next_async_id = 1
+        self.tasks: set[asyncio.Task] = set()
+
+    # ---- transport side -------------------------------------------------------------
+    def frame_received(self, data: bytes) -> None:
+        task = asyncio.ensure_future(self._handle_frame(data))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def connection_lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for req in list(self.async_requests.values()) + list(self.inflight.values()):
+            req.cancel(NtStatus.CANCELLED)
+        for sess in list(self.sessions.values()):
+            self.server.session_gone(sess)
+        self.sessions.clear()
+        self.server.connection_gone(self)
+
+    def disconnect(self) -> None:
+        if not self.closed:
+            try:
+                self.transport.close()
+            finally:
+                self.connection_lost()
+
+    def send(self, *parts: bytes) -> None:
+        if self.closed:
+            return
+        size = sum(len(p) for p in parts)
+        self.transport.writelines((FRAME.pack(size),) + parts)
+
+    # ---- frames -----------------------------------------------------------------------
+    async def _handle_frame(self, data: bytes) -> None:
+        try:
+            magic = data[:4]
+            if magic == PROTOCOL_ID:
+                await self._handle_compound(data)
+            elif magic == SMB1_PROTOCOL_ID and not self.negotiated:
+                from .negotiate import handle_smb1_negotiate
+                handle_smb1_negotiate(self, data)
+            elif magic == TRANSFORM_PROTOCOL_ID and self.negotiated:
+                await self._handle_transform(data)
+            else:
+                raise Disconnect("unknown protocol id")
+        except Disconnect as e:
+            log.info("dropping connection %s: %s", self.peer, e)
+            self.disconnect()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error on connection %s; dropping it", self.peer)
+            self.disconnect()
+
+    async def _handle_transform(self, data: bytes) -> None:
+        from ..security import encryption
+        try:
+            session_id, plain = encryption.decrypt_transform(self, data)
+        except Exception as e:
+            raise Disconnect(f"undecryptable transform: {e}") from e
+        if plain[:4] != PROTOCOL_ID:
+            raise Disconnect("transform payload is not SMB2")
+        await self._handle_compound(plain, encrypted_session=session_id)
+
+    async def _handle_compound(self, data: bytes, encrypted_session: int | None = None) -> None:
+        mv = memoryview(data)
+        offset = 0
+        responses: list[tuple[Request, bytes, Any]] = []
+        prev: Request | None = None
+        total = len(data)
+        while True:
+            try:
+                hdr = Header.parse(mv, offset)
+            except ValueError as e:
+                raise Disconnect(str(e)) from e
+            if hdr.flags & Flags.SERVER_TO_REDIR:
+                raise Disconnect("response flag on a request")
+            if hdr.next_command:
+                if hdr.next_command % 8 or hdr.next_command < HEADER_SIZE or offset + hdr.next_command > total:
+                    raise Disconnect("bad NextCommand")
+                end = offset + hdr.next_command
+            else:
+                end = total
+            req = Request(self, hdr, mv[offset + HEADER_SIZE:end], mv[offset:end])
+            req.in_compound = offset != 0 or hdr.next_command != 0
+            req.related = bool(hdr.flags & Flags.RELATED_OPERATIONS)
+            body = await self._process(req, prev, first=(offset == 0))
+            if body is not None:
+                if req.interim_sent:
+                    # Went async: its final response travels on its own.
+                    self._send_responses([(req, body)])
+                else:
+                    responses.append((req, body))
+            prev = req
+            if not hdr.next_command:
+                break
+            offset = end
+        if responses:
+            self._send_responses(responses)
+
+    # ---- one request ------------------------------------------------------------------
+    async def _process(self, req: Request, prev: Request | None, first: bool) -> bytes | None:
+        hdr = req.hdr
+        cmd = hdr.command
+        if cmd == Command.CANCEL:
+            self._cancel(req)
+            return None
+        self._consume_credits(hdr)
+        if req.related and first:
+            # MS-SMB2 3.3.5.2.7.2: the first request of a chain cannot be related.
+            return self._error(req, NtStatus.INVALID_PARAMETER)
+        if not self.negotiated and cmd != Command.NEGOTIATE:
+            raise Disconnect("request before NEGOTIATE")
+        if req.related and prev is not None:
+            if hdr.session_id == 0xFFFFFFFFFFFFFFFF:
+                hdr.session_id = prev.hdr.session_id
+            if hdr.tree_id == 0xFFFFFFFF:
+                hdr.tree_id = prev.hdr.tree_id
+        try:
+            from .dispatch import HANDLERS
+            handler = HANDLERS.get(cmd)
+            if handler is None:
+                raise SmbError(NtStatus.INVALID_PARAMETER)
+            if cmd not in NO_SESSION_COMMANDS:
+                self._check_session(req)
+            elif hdr.session_id and cmd != Command.SESSION_SETUP:
+                sess = self.sessions.get(hdr.session_id)
+                if sess is not None and sess.state == "valid":
+                    req.session = sess
+                    self._check_signature(req)
+            if cmd not in NO_TREE_COMMANDS:
+                tree = req.session.trees.get(hdr.tree_id)
+                if tree is None:
+                    raise SmbError(NtStatus.NETWORK_NAME_DELETED)
+                req.tree = tree
+            if req.related and prev is not None:
+                req.out_file_id = prev.out_file_id
+                req.prev_status = prev.status
+            self.inflight[hdr.message_id] = req
+            try:
+                body = await handler(req)
+            finally:
+                self.inflight.pop(hdr.message_id, None)
+                if req.async_id:
+                    self.async_requests.pop(req.async_id, None)
+            return body
+        except SmbError as e:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s -> %s", Command(cmd).name if cmd in Command._value2member_map_ else cmd,
+                          e, exc_info=True)
+            return self._error(req, e.status, e.data)
+
+    def _error(self, req: Request, status: int, data: bytes = b"") -> bytes:
+        req.status = status
+        if data:
+            return b"\x09\x00\x00\x00" + len(data).to_bytes(4, "little") + data
+        return ERROR_BODY
+
+    def _check_session(self, req: Request) -> None:
+        sess = self.sessions.get(req.hdr.session_id)
+        if sess is None:
+            raise SmbError(NtStatus.USER_SESSION_DELETED)
+        if sess.state != "valid":
+            if sess.state == "expired":
+                raise SmbError(NtStatus.NETWORK_SESSION_EXPIRED)
+            raise SmbError(NtStatus.USER_SESSION_DELETED)
+        req.session = sess
+        self._check_signature(req)
+
+    def _check_signature(self, req: Request) -> None:
+        sess = req.session
+        signed = bool(req.hdr.flags & Flags.SIGNED)
+        req.was_signed = signed
+        if sess.signer is None:
+            return
+        if signed:
+            if not sess.signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
+                                      is_cancel=req.hdr.command == Command.CANCEL):
+                raise SmbError(NtStatus.ACCESS_DENIED)
+        elif sess.signing_required and req.hdr.command != Command.OPLOCK_BREAK:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+
+    # ---- credits ----------------------------------------------------------------------
+    def _consume_credits(self, hdr: Header) -> None:
+        charge = hdr.credit_charge or 1
+        mid = hdr.message_id
+        if mid < self.seq_low or mid + charge > self.seq_high:
+            raise Disconnect(f"message id {mid} outside the credit window "
+                             f"[{self.seq_low}, {self.seq_high})")
+        used = self.seq_used
+        for m in range(mid, mid + charge):
+            if m in used:
+                raise Disconnect(f"message id {m} reused")
+            used.add(m)
+        while self.seq_low in used:
+            used.discard(self.seq_low)
+            self.seq_low += 1
+
+    def _grant_credits(self, hdr: Header) -> int:
+        want = max(hdr.credits, 1)
+        outstanding = self.seq_high - self.seq_low - len(self.seq_used)
+        room = self.server.config.max_credits - outstanding
+        granted = max(0, min(want, room))
+        if granted == 0 and outstanding <= 0:
+            granted = 1
+        self.seq_high += granted
+        return granted
+
+    # ---- async and cancel -------------------------------------------------------------
+    def send_interim(self, req: Request) -> None:
+        aid = self.next_async_id
+        self.next_async_id += 1
+        req.async_id = aid
+        req.interim_sent = True
+        self.async_requests[aid] = req
+        h = Header(req.hdr.command, credit_charge=req.hdr.credit_charge, status=NtStatus.PENDING,
+                   credits=self._grant_credits(req.hdr),
+                   flags=Flags.SERVER_TO_REDIR | Flags.ASYNC_COMMAND | (req.hdr.flags & Flags.RELATED_OPERATIONS),
+                   message_id=req.hdr.message_id, async_id=aid, session_id=req.hdr.session_id)
+        req.credits_granted = h.credits
+        self.send(h.pack(), ERROR_BODY)
+
+    def _cancel(self, req: Request) -> None:
+        hdr = req.hdr
+        if hdr.flags & Flags.ASYNC_COMMAND:
+            target = self.async_requests.get(hdr.async_id)
+        else:
+            target = self.inflight.get(hdr.message_id)
+        if target is not None and target.session is not None and hdr.session_id not in (0, target.hdr.session_id):
+            return
+        if target is not None:
+            target.cancel(NtStatus.CANCELLED)
+
+    # ---- responses --------------------------------------------------------------------
+    def _build_header(self, req: Request) -> Header:
+        hdr = req.hdr
+        flags = Flags.SERVER_TO_REDIR | (hdr.flags & (Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK))
+        if req.interim_sent:
+            flags |= Flags.ASYNC_COMMAND
+            credits = 0
+        else:
+            credits = self._grant_credits(hdr)
+        return Header(hdr.command, credit_charge=hdr.credit_charge, status=req.status,
+                      credits=credits, flags=flags, message_id=hdr.message_id,
+                      async_id=req.async_id, tree_id=hdr.tree_id, session_id=hdr.session_id)
+
+    def _signer_for(self, req: Request) -> Any:
+        if req.unsigned_response:
+            return None
+        sess = req.session
+        if sess is None or sess.signer is None:
+            return None
+        if req.was_signed or sess.signing_required or req.hdr.command == Command.SESSION_SETUP:
+            return sess.signer
+        return None
+
+    def _send_responses(self, items: list[tuple[Request, bytes]]) -> None:
+        n = len(items)
+        if n == 1 and not items[0][0].in_compound:
+            req, body = items[0]
+            self._send_single(req, body)
+            return
+        out = bytearray()
+        for i, (req, body) in enumerate(items):
+            start = len(out)
+            h = self._build_header(req)
+            out += h.pack()
+            out += body
+            if i + 1 < n:
+                pad = (-len(out)) % 8
+                out += b"\0" * pad
+                h.next_command = len(out) - start
+                h.pack_into(out, start)
+            signer = self._signer_for(req)
+            if signer is not None:
+                out[start + 16] |= Flags.SIGNED   # Flags is at offset 16 of the header
+                mv = memoryview(out)[start:]
+                if i + 1 < n:
+                    mv = mv[:h.next_command]
+                sig = signer.sign(mv, message_id=h.message_id, is_response=True, is_cancel=False)
+                out[start + SIGNATURE_OFFSET:start + SIGNATURE_OFFSET + 16] = sig
+            self._after_response(req, out, start)
+        self.send(bytes(out))
+
+    def _send_single(self, req: Request, body: Any) -> None:
+        h = self._build_header(req)
+        signer = self._signer_for(req)
+        extra = ()
+        if isinstance(body, tuple):
+            # (fixed part, payload): large READ payloads are not copied.
+            body, *extra = body
+        if signer is not None:
+            h.flags |= Flags.SIGNED
+            msg = bytearray(h.pack())
+            msg += body
+            for p in extra:
+                msg += p
+            sig = signer.sign(msg, message_id=h.message_id, is_response=True, is_cancel=False)
+            msg[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = sig
+            self._after_response(req, msg, 0)
+            self.send(bytes(msg))
+        else:
+            hb = h.pack()
+            if self.dialect == 0x0311 and req.hdr.command in (Command.NEGOTIATE, Command.SESSION_SETUP):
+                self._after_response(req, hb + bytes(body), 0)
+            self.send(hb, body, *extra)
+
+    def _after_response(self, req: Request, buf: Any, start: int) -> None:
+        """Preauth integrity (3.1.1) hashes NEGOTIATE and SESSION_SETUP responses."""
+        if self.dialect != 0x0311:
+            return
+        cmd = req.hdr.command
+        if cmd == Command.NEGOTIATE and req.status == NtStatus.SUCCESS:
+            self.preauth_hash = hashlib.sha512(self.preauth_hash + bytes(buf[start:])).digest()
+        elif cmd == Command.SESSION_SETUP and req.status == NtStatus.MORE_PROCESSING_REQUIRED:
+            sess = req.session
+            if sess is not None and sess.preauth_hash is not None:
+                sess.preauth_hash = hashlib.sha512(sess.preauth_hash + bytes(buf[start:])).digest()
+
+    # ---- unsolicited --------------------------------------------------------------------
+    def send_oplock_break(self, body: bytes, session_id: int = 0) -> None:
+        h = Header(Command.OPLOCK_BREAK, flags=Flags.SERVER_TO_REDIR,
+                   message_id=UNSOLICITED_MESSAGE_ID, session_id=session_id)
+        self.send(h.pack(), body)

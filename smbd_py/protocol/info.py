@@ -1,0 +1,199 @@
+"""QUERY_INFO and SET_INFO (MS-SMB2 3.3.5.20, 3.3.5.21): file, filesystem and security
+information, and the changes a client may make (times, attributes, size, rename, delete)."""
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+import struct
+
+from ..fs import info as fsinfo
+from ..fs.info import FileInfoClass as FIC
+from ..wire import access as A
+from ..wire.status import NtStatus, SmbError
+from .create import lookup_open
+
+QI_REQ = struct.Struct("<HBBIHHIII16s")     # 40 bytes
+QI_RESP = struct.Struct("<HHI")
+SI_REQ = struct.Struct("<HBBIHHI16s")       # 32 bytes
+INFO_FILE, INFO_FILESYSTEM, INFO_SECURITY, INFO_QUOTA = 1, 2, 3, 4
+ATTR_XATTR = "user.smbd_py.dosattrib"
+# Attributes we keep in an xattr; READONLY lives in the mode bits, DIRECTORY in the type.
+STORED_ATTRIBUTES = (A.FILE_ATTRIBUTE_HIDDEN | A.FILE_ATTRIBUTE_SYSTEM | A.FILE_ATTRIBUTE_ARCHIVE |
+                     A.FILE_ATTRIBUTE_TEMPORARY | A.FILE_ATTRIBUTE_OFFLINE |
+                     A.FILE_ATTRIBUTE_NOT_CONTENT_INDEXED)
+
+# What each file class needs (MS-SMB2 3.3.5.20.1 / MS-FSA 2.1.5.12).
+_QUERY_NEEDS = {
+    FIC.FileBasicInformation: A.FILE_READ_ATTRIBUTES,
+    FIC.FileAllInformation: A.FILE_READ_ATTRIBUTES,
+    FIC.FileNetworkOpenInformation: A.FILE_READ_ATTRIBUTES,
+    FIC.FileAttributeTagInformation: A.FILE_READ_ATTRIBUTES,
+    FIC.FileEaInformation: 0,
+    FIC.FileStreamInformation: 0,
+}
+_SET_NEEDS = {
+    FIC.FileBasicInformation: A.FILE_WRITE_ATTRIBUTES,
+    FIC.FileRenameInformation: A.DELETE,
+    FIC.FileDispositionInformation: A.DELETE,
+    FIC.FileDispositionInformationEx: A.DELETE,
+    FIC.FileEndOfFileInformation: A.FILE_WRITE_DATA,
+    FIC.FileAllocationInformation: A.FILE_WRITE_DATA,
+    FIC.FilePositionInformation: 0,
+    FIC.FileModeInformation: 0,
+    FIC.FileLinkInformation: 0,
+}
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def read_stored_attributes(fd: int) -> int | None:
+    try:
+        v = os.getxattr(_fd_path(fd), ATTR_XATTR)
+    except OSError:
+        return None
+    return int.from_bytes(v[:4], "little") if len(v) >= 4 else None
+
+
+def attributes_of(op, st) -> int:
+    fs = op.file
+    stored = getattr(fs, "attributes", None) if fs is not None else None
+    name = op.components[-1] if op.components else ""
+    attrs = fsinfo.dos_attributes(st, name, stored=stored)
+    if stored is not None and not stat_mod.S_ISDIR(st.st_mode) and not st.st_mode & stat_mod.S_IWUSR:
+        attrs |= A.FILE_ATTRIBUTE_READONLY
+        attrs &= ~A.FILE_ATTRIBUTE_NORMAL
+    return attrs
+
+
+def _apply_attributes(fd: int, attrs: int, is_dir: bool) -> int:
+    """Persist DOS attributes: READONLY as the write bits, the rest in an xattr."""
+    path = _fd_path(fd)
+    st = os.stat(path)
+    if not is_dir:
+        mode = st.st_mode & 0o7777
+        if attrs & A.FILE_ATTRIBUTE_READONLY:
+            new = mode & ~0o222
+        else:
+            new = mode | 0o200 if not mode & 0o200 else mode
+        if new != mode:
+            os.chmod(path, new)
+    keep = attrs & STORED_ATTRIBUTES
+    try:
+        os.setxattr(path, ATTR_XATTR, keep.to_bytes(4, "little"))
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            raise
+    return keep
+
+
+async def store_attributes(ctx, op, attrs: int) -> None:
+    if op.fd < 0 or op.file is None:
+        return
+    keep = await ctx.run_io(_apply_attributes, op.fd, attrs, op.is_dir)
+    op.file.attributes = keep
+
+
+def _open_state(op, st) -> fsinfo.OpenState:
+    return fsinfo.OpenState(name=fsinfo.smb_full_name(op.file.components if op.file else op.components),
+                            attributes=attributes_of(op, st),
+                            delete_pending=bool(op.file and op.file.delete_pending),
+                            position=op.position, mode=op.mode, access_mask=op.granted_access)
+
+
+async def handle_query_info(req) -> bytes:
+    body = req.body
+    if len(body) < QI_REQ.size:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    (size, info_type, klass, out_len, in_off, _r, in_len, add_info, flags, raw_fid) = QI_REQ.unpack_from(body)
+    if size != 41:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    op = lookup_open(req, raw_fid)
+    conn = req.conn
+    if out_len > conn.max_transact:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    ctx = conn.server
+    if op.pipe is not None:
+        if info_type == INFO_FILE and klass == FIC.FileStandardInformation:
+            buf = struct.pack("<qqIBBH", 4096, 0, 1, 1, 0, 0)
+            status, data = fsinfo.fit_file_info(klass, buf, out_len)
+            return _qi_response(req, status, data)
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if info_type == INFO_FILE:
+        need = _QUERY_NEEDS.get(klass, 0)
+        if need and not op.granted_access & need:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        st = await ctx.run_io(os.fstat, op.fd)
+        if klass == FIC.FileAlternateNameInformation:
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
+        buf = fsinfo.query_file_info(klass, st, _open_state(op, st))
+        status, data = fsinfo.fit_file_info(klass, buf, out_len)
+    elif info_type == INFO_FILESYSTEM:
+        vfs = await ctx.run_io(os.fstatvfs, op.fd)
+        share = op.tree.share
+        facts = fsinfo.VolumeFacts(label=share.name, serial=hash(share.path) & 0xFFFFFFFF,
+                                   read_only=share.read_only)
+        buf = fsinfo.query_fs_info(klass, vfs, facts)
+        status, data = fsinfo.fit_fs_info(klass, buf, out_len)
+    elif info_type == INFO_SECURITY:
+        if not op.granted_access & A.READ_CONTROL:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        from ..fs.secdesc import build_sd
+        st = await ctx.run_io(os.fstat, op.fd)
+        buf = build_sd(st, add_info)
+        if len(buf) > out_len:
+            # MS-SMB2 3.3.5.20.3: say how much is needed.
+            raise SmbError(NtStatus.BUFFER_TOO_SMALL, data=struct.pack("<I", len(buf)))
+        status, data = NtStatus.SUCCESS, buf
+    elif info_type == INFO_QUOTA:
+        raise SmbError(NtStatus.NOT_SUPPORTED)
+    else:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if status == NtStatus.INFO_LENGTH_MISMATCH:
+        raise SmbError(status)
+    return _qi_response(req, status, data)
+
+
+def _qi_response(req, status: int, data: bytes) -> bytes:
+    req.status = status
+    return QI_RESP.pack(9, 64 + 8, len(data)) + (data or b"\0")
+
+
+async def handle_set_info(req) -> bytes:
+    body = req.body
+    if len(body) < SI_REQ.size:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    size, info_type, klass, buf_len, buf_off, _r, add_info, raw_fid = SI_REQ.unpack_from(body)
+    if size != 33:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    raw = req.raw
+    if buf_len > req.conn.max_transact or (buf_len and buf_off + buf_len > len(raw)):
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    buf = bytes(raw[buf_off:buf_off + buf_len])
+    op = lookup_open(req, raw_fid)
+    if op.pipe is not None:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    ctx = req.conn.server
+    if info_type == INFO_FILE:
+        from . import setinfo
+        await setinfo.set_file_info(req, op, klass, buf)
+    elif info_type == INFO_FILESYSTEM:
+        raise SmbError(NtStatus.ACCESS_DENIED if op.tree.share.read_only else NtStatus.NOT_SUPPORTED)
+    elif info_type == INFO_SECURITY:
+        if not op.granted_access & (A.WRITE_DAC | A.WRITE_OWNER):
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        from ..fs.secdesc import parse_sd
+        try:
+            parse_sd(buf)
+        except SmbError:
+            raise
+        except Exception:
+            raise SmbError(NtStatus.INVALID_PARAMETER) from None
+        # Permissions stay POSIX: a well-formed descriptor is accepted and the mode kept.
+    elif info_type == INFO_QUOTA:
+        raise SmbError(NtStatus.NOT_SUPPORTED)
+    else:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    return b"\x02\x00"

@@ -1,0 +1,136 @@
+"""The server's per-connection, per-session and per-open objects (MS-SMB2 3.3.1).
+
+Plain data holders; the command handlers own the behaviour.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+_file_ids = itertools.count(1)
+
+
+class Share:
+    """A configured share, with its directory fd (fs.paths.ShareRoot) opened once."""
+
+    __slots__ = ("name", "path", "root", "read_only", "guest_ok", "valid_users", "is_ipc",
+                 "kernel_leases", "comment")
+
+    def __init__(self, name: str, path: str | None, root: Any, *, read_only: bool = False,
+                 guest_ok: bool = False, valid_users: list[str] | None = None,
+                 is_ipc: bool = False, kernel_leases: bool = True, comment: str = "") -> None:
+        self.name = name
+        self.path = path
+        self.root = root
+        self.read_only = read_only
+        self.guest_ok = guest_ok
+        self.valid_users = valid_users
+        self.is_ipc = is_ipc
+        self.kernel_leases = kernel_leases
+        self.comment = comment
+
+
+class TreeConnect:
+    __slots__ = ("tree_id", "share", "session", "maximal_access")
+
+    def __init__(self, tree_id: int, share: Share, session: "Session", maximal_access: int) -> None:
+        self.tree_id = tree_id
+        self.share = share
+        self.session = session
+        self.maximal_access = maximal_access
+
+
+class Session:
+    __slots__ = ("session_id", "conn", "state", "auth", "user", "domain", "anonymous", "guest",
+                 "session_key", "signer", "signing_required", "preauth_hash", "trees",
+                 "next_tree_id", "encrypt_key", "decrypt_key", "application_key", "opens",
+                 "encrypt_data")
+
+    def __init__(self, session_id: int, conn: Any) -> None:
+        self.session_id = session_id
+        self.conn = conn
+        self.state = "in_progress"   # "in_progress" -> "valid" | "expired"
+        self.auth: Any = None          # security.spnego.SessionAuth while in progress
+        self.user = ""
+        self.domain = ""
+        self.anonymous = False
+        self.guest = False
+        self.session_key = b""
+        self.signer: Any = None        # security.signing.Signer once keys exist
+        self.signing_required = False
+        self.preauth_hash: bytes | None = None
+        self.trees: dict[int, TreeConnect] = {}
+        self.next_tree_id = 1
+        self.encrypt_key = b""
+        self.decrypt_key = b""
+        self.application_key = b""
+        self.encrypt_data = False
+        self.opens: dict[int, "Open"] = {}
+
+
+class Open:
+    """One SMB2 open (MS-SMB2 3.3.1.10): an fd or a pipe, plus its sharing and caching state."""
+
+    __slots__ = ("persistent_id", "volatile_id", "file_id", "tree", "session", "conn",
+                 "components", "fd", "is_dir", "pipe", "granted_access", "share_access",
+                 "create_options", "delete_on_close", "file_key", "position", "mode",
+                 "dir_cursor", "dir_pattern", "oplock_level", "lease", "closed",
+                 "create_guid", "locks", "stat", "name", "lock_fd", "durable", "ea_size",
+                 "pending_times", "lease_fd", "sticky_times", "file",
+                 "notify")
+
+    def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
+        vid = next(_file_ids)
+        self.persistent_id = vid
+        self.volatile_id = vid
+        self.file_id = vid.to_bytes(8, "little") * 2
+        self.tree = tree
+        self.session = session
+        self.conn = conn
+        self.components: tuple[str, ...] = ()
+        self.name = ""                 # the path as the client sees it, backslashes
+        self.fd = -1
+        self.lock_fd = -1
+        self.lease_fd = -1
+        self.is_dir = False
+        self.pipe: Any = None
+        self.granted_access = 0
+        self.share_access = 0
+        self.create_options = 0
+        self.delete_on_close = False
+        self.file_key: tuple[int, int] | None = None
+        self.position = 0
+        self.mode = 0
+        self.dir_cursor: Any = None
+        self.dir_pattern: str | None = None
+        self.oplock_level = 0
+        self.lease: Any = None
+        self.closed = False
+        self.create_guid = b""
+        self.locks: list = []
+        self.stat: Any = None
+        self.durable = False
+        self.ea_size = 0
+        self.sticky_times: dict[str, int] = {}
+        self.pending_times = None
+        self.file: "FileState | None" = None
+        self.notify: Any = None
+
+
+class FileState:
+    """What the server knows about one inode across all its opens (MS-FSA's File):
+    the opens themselves, a pending delete, byte-range locks, and the current name."""
+
+    __slots__ = ("key", "opens", "delete_pending", "components", "locks", "lock_waiters",
+                 "is_dir", "share", "attributes")
+
+    def __init__(self, key: tuple[int, int], components: tuple[str, ...], is_dir: bool, share: Any) -> None:
+        self.key = key
+        self.opens: list[Open] = []
+        self.delete_pending = False
+        self.components = components
+        self.locks: list = []           # protocol.lock.ByteRangeLock
+        self.lock_waiters: list = []    # futures woken when locks are released
+        self.is_dir = is_dir
+        self.share = share
+        self.attributes: int | None = None   # DOS attributes kept beside the mode bits

@@ -1,0 +1,69 @@
+"""QUERY_DIRECTORY (MS-SMB2 3.3.5.18): streaming enumeration with patterns, restart,
+reopen and single-entry flags; CHANGE_NOTIFY is answered NOT_SUPPORTED for now."""
+from __future__ import annotations
+
+import struct
+
+from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
+from ..wire.status import NtStatus, SmbError
+from .create import lookup_open
+
+QD_REQ = struct.Struct("<HBBI16sHHI")     # 32 bytes
+QD_RESP = struct.Struct("<HHI")
+RESTART_SCANS = 0x01
+RETURN_SINGLE_ENTRY = 0x02
+INDEX_SPECIFIED = 0x04
+REOPEN = 0x10
+
+
+def _fill(op, info_class: int, max_len: int, single: bool, pattern: str | None, restart: bool):
+    cur = op.dir_cursor
+    if cur is None:
+        cur = op.dir_cursor = DirCursor(op.fd, pattern=pattern or "*",
+                                        share=op.tree.share.root, components=op.file.components)
+    elif pattern is not None and restart:
+        cur.set_pattern(pattern)
+    elif restart:
+        cur.restart()
+    return cur.fill(info_class, max_len, single)
+
+
+async def handle_query_directory(req) -> bytes:
+    body = req.body
+    if len(body) < QD_REQ.size:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    size, klass, flags, _index, raw_fid, name_off, name_len, out_len = QD_REQ.unpack_from(body)
+    if size != 33:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    raw = req.raw
+    if name_len % 2 or (name_len and name_off + name_len > len(raw)):
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    op = lookup_open(req, raw_fid)
+    if not op.is_dir:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if klass not in DIR_INFO_CLASSES:
+        raise SmbError(NtStatus.INVALID_INFO_CLASS)
+    if out_len > req.conn.max_transact or out_len == 0:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    try:
+        pattern = bytes(raw[name_off:name_off + name_len]).decode("utf-16-le") if name_len else None
+    except UnicodeDecodeError:
+        raise SmbError(NtStatus.OBJECT_NAME_INVALID) from None
+    first = op.dir_cursor is None
+    restart = bool(flags & (RESTART_SCANS | REOPEN))
+    if pattern is not None and not first and not restart:
+        pattern = None      # the pattern of the first query stays in force
+    buf, count = await req.conn.server.run_io(_fill, op, klass, out_len,
+                                              bool(flags & RETURN_SINGLE_ENTRY),
+                                              pattern, restart)
+    if count == 0:
+        cur = op.dir_cursor
+        if cur is not None and not cur.exhausted:
+            raise SmbError(NtStatus.INFO_LENGTH_MISMATCH)
+        raise SmbError(NtStatus.NO_SUCH_FILE if first or restart else NtStatus.NO_MORE_FILES)
+    return QD_RESP.pack(9, 64 + 8, len(buf)) + buf
+
+
+async def handle_change_notify(req) -> bytes:
+    lookup_open(req, bytes(req.body[8:24]))
+    raise SmbError(NtStatus.NOT_SUPPORTED)

@@ -1,0 +1,165 @@
+"""SET_INFO for InfoType FILE (MS-SMB2 3.3.5.21.1, MS-FSA 2.1.5.15): times and
+attributes, end of file, allocation, position, mode, rename and delete disposition."""
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+
+from ..fs import info as fsinfo
+from ..fs.info import FileInfoClass as FIC
+from ..fs.timeconv import filetime_to_unix_ns
+from ..wire import access as A
+from ..wire.status import NtStatus, SmbError
+from .info import _SET_NEEDS, _fd_path, store_attributes
+
+
+async def set_file_info(req, op, klass: int, buf: bytes) -> None:
+    if klass not in _SET_NEEDS:
+        if klass in fsinfo.FileInfoClass._value2member_map_:
+            raise SmbError(NtStatus.INVALID_INFO_CLASS)
+        raise SmbError(NtStatus.INVALID_INFO_CLASS)
+    need = _SET_NEEDS[klass]
+    if need and not op.granted_access & need:
+        if klass in (FIC.FileEndOfFileInformation, FIC.FileAllocationInformation) and \
+                op.granted_access & A.FILE_APPEND_DATA:
+            pass
+        else:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+    value = fsinfo.decode_set_info(klass, buf)
+    ctx = req.conn.server
+    if klass == FIC.FileBasicInformation:
+        await _set_basic(ctx, op, value)
+    elif klass == FIC.FileEndOfFileInformation:
+        if op.is_dir:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        from .lock import check_io_conflict
+        await ctx.run_io(os.ftruncate, op.fd, value)
+    elif klass == FIC.FileAllocationInformation:
+        if op.is_dir:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        st = await ctx.run_io(os.fstat, op.fd)
+        if value < st.st_size:
+            await ctx.run_io(os.ftruncate, op.fd, value)
+    elif klass == FIC.FilePositionInformation:
+        op.position = value
+    elif klass == FIC.FileModeInformation:
+        op.mode = value
+    elif klass in (FIC.FileDispositionInformation, FIC.FileDispositionInformationEx):
+        await _set_disposition(ctx, op, value)
+    elif klass == FIC.FileRenameInformation:
+        await _rename(req, op, value)
+    elif klass == FIC.FileLinkInformation:
+        raise SmbError(NtStatus.NOT_SUPPORTED)
+
+
+def _utime(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    st = os.stat(_fd_path(fd))
+    os.utime(_fd_path(fd), ns=(atime_ns if atime_ns is not None else st.st_atime_ns,
+                               mtime_ns if mtime_ns is not None else st.st_mtime_ns))
+
+
+def _time_value(v: int) -> int | None:
+    # 0: leave alone; -1/-2: stop/resume automatic updates (no POSIX equivalent).
+    if v in (0, -1, -2):
+        return None
+    if v < -2:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    return filetime_to_unix_ns(v)
+
+
+async def _set_basic(ctx, op, v) -> None:
+    atime, mtime = _time_value(v.last_access_time), _time_value(v.last_write_time)
+    _time_value(v.creation_time)
+    _time_value(v.change_time)
+    if v.file_attributes:
+        attrs = v.file_attributes
+        if attrs & ~A.FILE_ATTRIBUTE_VALID_SET_FLAGS & ~A.FILE_ATTRIBUTE_DIRECTORY & ~A.FILE_ATTRIBUTE_NORMAL:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        if attrs & A.FILE_ATTRIBUTE_DIRECTORY and not op.is_dir:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        if op.tree.share.read_only:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        await store_attributes(ctx, op, attrs)
+    if atime is not None or mtime is not None:
+        if op.tree.share.read_only:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        await ctx.run_io(_utime, op.fd, atime, mtime)
+
+
+def _dir_is_empty(fd: int) -> bool:
+    with os.scandir(_fd_path(fd)) as it:
+        for _ in it:
+            return False
+    return True
+
+
+async def _set_disposition(ctx, op, v) -> None:
+    fs = op.file
+    if fs is None:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if v.delete_pending:
+        if op.tree.share.read_only:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        st = await ctx.run_io(os.fstat, op.fd)
+        if not op.is_dir and not st.st_mode & stat_mod.S_IWUSR and not v.flags & 0x10:
+            # FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE (0x10) lets a read-only file go.
+            raise SmbError(NtStatus.CANNOT_DELETE)
+        if op.is_dir and not await ctx.run_io(_dir_is_empty, op.fd):
+            raise SmbError(NtStatus.DIRECTORY_NOT_EMPTY)
+        fs.delete_pending = True
+    else:
+        fs.delete_pending = False
+        for o in fs.opens:
+            o.delete_on_close = False
+
+
+async def _rename(req, op, v) -> None:
+    ctx = req.conn.server
+    share = op.tree.share
+    root = share.root
+    if share.read_only:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    if v.root_directory:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    name = v.file_name
+    if not name:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    new = root.split(name)
+    if not new:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    fs = op.file
+    old = fs.components
+    if not old:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    if op.is_dir:
+        prefix = old
+        for other in list(ctx.files.values()):
+            if other is not fs and other.components[:len(prefix)] == prefix and other.opens:
+                # Windows refuses to rename a directory with open files below it.
+                raise SmbError(NtStatus.ACCESS_DENIED)
+    # The target, if it exists and is another file, must not be open (MS-FSA 2.1.5.15.12).
+    try:
+        tgt = await ctx.run_io(root.stat, new)
+    except SmbError as e:
+        if e.status not in (NtStatus.OBJECT_NAME_NOT_FOUND,):
+            raise
+        tgt = None
+    if tgt is not None and (tgt.st_dev, tgt.st_ino) != fs.key:
+        if not v.replace_if_exists:
+            raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
+        if stat_mod.S_ISDIR(tgt.st_mode):
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        tfs = ctx.files.get((tgt.st_dev, tgt.st_ino))
+        if tfs is not None and tfs.opens:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+    same_file = tgt is not None and (tgt.st_dev, tgt.st_ino) == fs.key
+    new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
+    new_comps = tuple(new_comps) if new_comps else tuple(new)
+    fs.components = new_comps
+    for o in fs.opens:
+        o.components = new_comps
+    if op.is_dir:
+        n = len(old)
+        for other in ctx.files.values():
+            if other is not fs and other.components[:n] == old:
+                other.components = new_comps + other.components[n:]
