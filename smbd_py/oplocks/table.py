@@ -221,6 +221,8 @@ class LeaseTable:
             granted = valid_lease_state(granted)   # H, W, WH -> NONE (smb2.lease.request)
         if req.has_brlocks:
             granted &= ~LEASE_R
+        if disallow_write:
+            granted &= ~LEASE_W
         if req.is_directory:
             granted &= ~LEASE_W
         granted &= req.cap
