@@ -301,8 +301,10 @@ def encode_all(st, o: OpenState = OpenState()) -> bytes:
 
 
 def encode_alternate_name(st, o: OpenState = OpenState()) -> bytes:
-    # We keep no 8.3 names; Windows answers this for files without one.
-    raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no short name")
+    from .shortname import short_name
+    base = o.name.rsplit("\\", 1)[-1]
+    n = short_name(base).encode("utf-16-le") if base else b""
+    return _I.pack(len(n)) + n
 
 
 def encode_stream(st, o: OpenState = OpenState()) -> bytes:

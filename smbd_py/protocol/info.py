@@ -126,8 +126,6 @@ async def handle_query_info(req) -> bytes:
         if need and not op.granted_access & need:
             raise SmbError(NtStatus.ACCESS_DENIED)
         st = await ctx.run_io(os.fstat, op.fd)
-        if klass == FIC.FileAlternateNameInformation:
-            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
         buf = fsinfo.query_file_info(klass, st, _open_state(op, st))
         status, data = fsinfo.fit_file_info(klass, buf, out_len)
     elif info_type == INFO_FILESYSTEM:
