@@ -54,6 +54,76 @@ def _translate(pattern: str) -> str:
     return "".join(out)
 
 
+def _tokenize(pattern: str) -> list[tuple[str, str]]:
+    toks: list[tuple[str, str]] = []
+    for c in pattern:
+        if c == "*":
+            if toks and toks[-1][0] == "*":
+                continue
+            toks.append(("*", ""))
+        elif c in '?<>"':
+            toks.append((c, ""))
+        else:
+            toks.append(("lit", c.casefold()))
+    return toks
+
+
+def _nfa_matcher(pattern: str) -> Callable[[str], bool]:
+    """Set-of-states simulation: O(len(name) * len(pattern)) whatever the pattern,
+    so a client cannot make us backtrack exponentially with '*a*a*a*...'."""
+    toks = _tokenize(pattern)
+    end = len(toks)
+
+    def closure(states: set[int], at_dot: bool, at_end: bool) -> set[int]:
+        todo = list(states)
+        while todo:
+            i = todo.pop()
+            if i >= end:
+                continue
+            kind = toks[i][0]
+            if kind in ("*", "<") or (kind == ">" and (at_dot or at_end)) or (kind == '"' and at_end):
+                if i + 1 not in states:
+                    states.add(i + 1)
+                    todo.append(i + 1)
+        return states
+
+    def match(name: str) -> bool:
+        last_dot = name.rfind(".")
+        n = len(name)
+        states = closure({0}, n > 0 and name[0] == ".", n == 0)
+        for j, c in enumerate(name):
+            folded = None
+            nxt: set[int] = set()
+            for i in states:
+                if i >= end:
+                    continue
+                kind, lit = toks[i]
+                if kind == "lit":
+                    if folded is None:
+                        folded = c.casefold()
+                    if folded == lit:
+                        nxt.add(i + 1)
+                elif kind == "?":
+                    nxt.add(i + 1)
+                elif kind == "*":
+                    nxt.add(i)
+                elif kind == "<":
+                    if c != "." or j < last_dot:
+                        nxt.add(i)
+                elif kind == ">":
+                    if c != ".":
+                        nxt.add(i + 1)
+                elif c == ".":  # DOS_DOT
+                    nxt.add(i + 1)
+            if not nxt:
+                return False
+            k = j + 1
+            states = closure(nxt, k < n and name[k] == ".", k == n)
+        return end in states
+
+    return match
+
+
 @functools.lru_cache(maxsize=256)
 def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """A predicate name -> bool for `pattern` (empty pattern matches everything)."""
@@ -62,6 +132,9 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     if not has_wildcards(pattern):
         want = pattern.casefold()
         return lambda name: name.casefold() == want
+    if pattern.count("*") + pattern.count("<") > 1:
+        # Several unbounded runs would let a regex backtrack polynomially (or worse).
+        return _nfa_matcher(pattern)
     rx = re.compile(_translate(pattern), re.IGNORECASE | re.DOTALL)
     full = rx.fullmatch
     return lambda name: full(name) is not None
