@@ -21,6 +21,12 @@ Notes:
   /work/shared/reference/real-peers.md exist for both settings).
 - ``extra_global`` / ``extra_share`` let a caller add smb.conf lines, e.g.
   ``{"vfs objects": "streams_xattr"}``.
+- The SMB account maps to the Unix user of the same name (created with
+  ``useradd --system`` when absent). A non-root user must be able to traverse
+  every ancestor of ``share_path`` (pytest's ``tmp_path`` is under a 0700
+  directory: use ``tempfile.mkdtemp(dir="/tmp")``); samba_server checks this and
+  raises SambaStartError otherwise. ``user="root"`` works anywhere but root
+  bypasses file permissions, which changes some smbtorture outcomes.
 - The log (``--debug-stdout -d LEVEL``) is written to ``srv.log_path``; on a
   startup failure its tail is part of the exception message.
 """
@@ -28,11 +34,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import grp
 import os
+import pathlib
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -88,6 +97,26 @@ def _ensure_unix_user(name: str) -> pwd.struct_passwd:
         check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
     )
     return pwd.getpwnam(name)
+
+
+def _unreachable_dir(path: str, pw: pwd.struct_passwd) -> str | None:
+    """The first ancestor of ``path`` the Unix user cannot traverse, if any
+    (e.g. pytest's /tmp/pytest-of-root is 0700: smbd would answer ACCESS_DENIED)."""
+    if pw.pw_uid == 0:
+        return None
+    groups = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if pw.pw_name in g.gr_mem}
+    parts = pathlib.Path(path).parents
+    for d in reversed(parts):
+        st = os.stat(d)
+        if st.st_uid == pw.pw_uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return str(d)
+    return None
 
 
 def _conf_text(*, workdir: str, host: str, port: int, share: str, share_path: str,
@@ -241,6 +270,12 @@ def samba_server(share_path: str, *, host: str = "127.0.0.1", port: int,
     share_path = os.path.abspath(share_path)
     os.makedirs(share_path, exist_ok=True)
     unix_user = _ensure_unix_user(user)
+    blocked = _unreachable_dir(share_path, unix_user)
+    if blocked:
+        raise SambaStartError(
+            f"Unix user {user!r} cannot traverse {blocked} to reach {share_path}; put the "
+            f"share under a world-traversable directory (e.g. tempfile.mkdtemp(dir='/tmp')) "
+            f"or use user='root'")
     if unix_user.pw_uid != 0 and os.stat(share_path).st_uid != unix_user.pw_uid:
         os.chown(share_path, unix_user.pw_uid, unix_user.pw_gid)
 

@@ -208,6 +208,20 @@ def run_torture(tests: Sequence[str], *, host: str, port: int, share: str, user:
     return res
 
 
+def run_suites(suites: Sequence[str], *, timeout_s_per_suite: float, **kw) -> TortureResults:
+    """``run_torture`` once per suite (a crash or hang costs one suite only) and
+    merge the results. ``kw``: host, port, share, user, password, extra_args."""
+    merged = TortureResults()
+    for suite in suites:
+        r = run_torture([suite], timeout_s=timeout_s_per_suite, **kw)
+        merged.update(r)
+        merged.details.update(r.details)
+        merged.timed_out |= r.timed_out
+        merged.elapsed_s += r.elapsed_s
+        merged.stderr += r.stderr
+    return merged
+
+
 # ---------------------------------------------------------------- list files
 
 def load_expected(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
@@ -346,9 +360,9 @@ def _main(argv: Sequence[str] | None = None) -> int:
 
     def run(host: str, port: int, share: str) -> TortureResults:
         res = TortureResults()
-        for t in args.tests:  # one smbtorture per suite: a crash costs one suite only
-            r = run_torture([t], host=host, port=port, share=share, user=user,
-                            password=password, timeout_s=args.timeout)
+        for t in args.tests:
+            r = run_suites([t], host=host, port=port, share=share, user=user,
+                           password=password, timeout_s_per_suite=args.timeout)
             res.update(r)
             res.details.update(r.details)
             print(f"{t}: {r.counts()}{' TIMED OUT' if r.timed_out else ''}", file=sys.stderr)
