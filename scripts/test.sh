@@ -5,7 +5,7 @@ set -euo pipefail
 EXTRAS="[test]"
 source "$(dirname "$0")/_venv.sh"
 apt_install smbclient samba-testsuite samba qemu-system-x86 busybox-static cifs-utils cpio kmod \
-    iproute2 attr
+    iproute2 attr winbind
 cd "$ROOT"
 # The cifs client's VM image (kernel + initramfs) is built once and cached.
 "$VENV/bin/python" tests/peers/cifs_vm.py build >/dev/null
