@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -49,6 +50,7 @@ def samba():
         # open then looks stale and no oplock is ever broken. (private/ stays 0700.)
         os.chmod(srv.workdir, 0o755)
         yield srv
+    shutil.rmtree(share, ignore_errors=True)
 
 
 async def session(srv, dialect=Dialect.SMB311, sign=True, **kw):
@@ -306,3 +308,27 @@ async def test_compound_and_raw_sends(samba):
         (p,) = await c.send_raw(msg, message_ids=[mid])
         assert (await p.response()).status == STATUS_INVALID_PARAMETER
         assert await c.echo() == 0  # the connection survives
+
+
+async def test_auto_ack_lets_a_conflicting_open_proceed(samba):
+    c1, t1 = await session(samba)
+    c2, t2 = await session(samba)
+    async with c1, c2:
+        c1.auto_ack = True
+        k1 = new_lease_key()
+        r1 = await c1.create(t1, "auto.txt", disposition=Disposition.OVERWRITE_IF,
+                             lease=LeaseRequest(k1, RWH))
+        b1 = await c1.create(t1, "auto-batch.txt", disposition=Disposition.OVERWRITE_IF,
+                             oplock=Oplock.BATCH)
+        r2 = await c2.create(t2, "auto.txt", lease=LeaseRequest(new_lease_key(), RWH),
+                             timeout=5)
+        b2 = await c2.create(t2, "auto-batch.txt", oplock=Oplock.BATCH, timeout=5)
+        assert r2.lease_state == RH and b2.oplock_level == Oplock.LEVEL_II
+        for _ in range(50):  # the ack responses may trail the opens they released
+            if len(c1.auto_acks) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(a.status for _, a in c1.auto_acks) == [0, 0]
+        assert c1.breaks.qsize() == 2  # still reported to the test
+        for c, t, f in ((c2, t2, r2), (c2, t2, b2), (c1, t1, r1), (c1, t1, b1)):
+            await c.close(t, f.file_id)

@@ -149,6 +149,15 @@ class Smb2Client:
         self.encrypting = False
         self.trees: dict[int, wire.TreeConnectResponse] = {}
         self.closed = asyncio.Event()
+        # auto_ack: acknowledge every break that needs it, as a well-behaved client
+        # would (the event still goes to `breaks`); results land in auto_acks.
+        self.auto_ack = False
+        self.auto_acks: list[tuple[OplockBreak | LeaseBreak, wire.BreakAckResponse]] = []
+        self._auto_ack_tasks: set[asyncio.Task] = set()
+        self._tree_of_file: dict[bytes, int] = {}
+        self._tree_of_lease: dict[bytes, int] = {}
+        self._oplock_of_file: dict[bytes, int] = {}
+        self.auto_ack_error: BaseException | None = None
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     # --- connection -------------------------------------------------------------------
@@ -228,7 +237,11 @@ class Smb2Client:
             resp = Response(h, part)
             if h.message_id == wire.NOTIFICATION_MESSAGE_ID:
                 if h.command == Command.OPLOCK_BREAK:
-                    self.breaks.put_nowait(wire.parse_break_notification(part, h.session_id))
+                    brk = wire.parse_break_notification(part, h.session_id)
+                    self.breaks.put_nowait(brk)
+                    if self.auto_ack:
+                        self._auto_ack_tasks.add(
+                            asyncio.get_running_loop().create_task(self._auto_ack_one(brk)))
                 else:
                     self.unmatched.append(resp)
                 continue
@@ -538,8 +551,15 @@ class Smb2Client:
                                    options=options, contexts=ctx)
         return await self.request(
             Command.CREATE, body, tree_id=tid, expect=expect, wait=wait, timeout=timeout,
-            parse=lambda r: wire.parse_create_response(r.raw, r.status),
+            parse=lambda r: self._opened(wire.parse_create_response(r.raw, r.status), tid),
             error_value=lambda r: CreateResponse(r.status))
+
+    def _opened(self, r: CreateResponse, tid: int) -> CreateResponse:
+        self._tree_of_file[r.file_id] = tid
+        self._oplock_of_file[r.file_id] = r.oplock_level
+        if r.lease_key is not None:
+            self._tree_of_lease[r.lease_key] = tid
+        return r
 
     async def create_pending(self, tid: int, name: str, **kw) -> PendingRequest:
         return await self.create(tid, name, wait=False, **kw)
@@ -702,6 +722,28 @@ class Smb2Client:
             tree_id=tid, expect=expect, wait=wait, timeout=timeout,
             parse=lambda r: wire.parse_break_ack_response(r.raw, r.status),
             error_value=lambda r: wire.BreakAckResponse(r.status))
+
+    async def _auto_ack_one(self, brk: OplockBreak | LeaseBreak):
+        try:
+            if isinstance(brk, OplockBreak):
+                # Only Exclusive/Batch breaks wait for an ack; LEVEL_II -> NONE does not.
+                held = self._oplock_of_file.get(brk.file_id)
+                self._oplock_of_file[brk.file_id] = brk.oplock_level
+                if held not in (wire.Oplock.EXCLUSIVE, wire.Oplock.BATCH):
+                    return
+                tid = self._tree_of_file.get(brk.file_id, 0)
+                ack = await self.ack_oplock(tid, brk.file_id, brk.oplock_level)
+            else:
+                if not brk.ack_required:
+                    return
+                tid = self._tree_of_lease.get(brk.lease_key, 0)
+                ack = await self.ack_lease(tid, brk.lease_key, brk.new_state)
+            self.auto_acks.append((brk, ack))
+        except Exception as e:  # connection gone: record, never crash the loop
+            self.auto_acks.append((brk, wire.BreakAckResponse(-1)))
+            self.auto_ack_error = e
+        finally:
+            self._auto_ack_tasks.discard(asyncio.current_task())
 
     # --- cancel -----------------------------------------------------------------------------
 
