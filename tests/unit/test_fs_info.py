@@ -146,9 +146,12 @@ def test_name_network_open_tag_stream_compression(files):
 
 def test_alternate_name_and_unknown_class(files):
     st = os.stat(files / "data.bin")
-    with pytest.raises(SmbError) as ei:
-        info.query_file_info(FIC.FileAlternateNameInformation, st)
-    assert ei.value.status == NtStatus.OBJECT_NAME_NOT_FOUND
+    # 8.3 names: an 8.3-clean name is its own short name, others get a mangled one.
+    alt = info.query_file_info(FIC.FileAlternateNameInformation, st, OpenState(name="\\D\\README.TXT"))
+    assert alt[4:].decode("utf-16-le") == "README.TXT" and struct.unpack_from("<I", alt)[0] == 20
+    alt = info.query_file_info(FIC.FileAlternateNameInformation, st, OpenState(name="\\data.bin"))
+    short = alt[4:].decode("utf-16-le")
+    assert short.endswith(".BIN") and "~" in short and len(short.split(".")[0]) <= 8
     with pytest.raises(SmbError) as ei:
         info.query_file_info(99, st)
     assert ei.value.status == NtStatus.INVALID_INFO_CLASS
