@@ -81,6 +81,7 @@ class PendingRequest:
         self._parse = parse
         self._error_value = error_value
         self.request_bytes = b""
+        self.expect = OK  # what `await p` checks; request(..., expect=) sets it
 
     @property
     def went_async(self) -> bool:
@@ -90,8 +91,10 @@ class PendingRequest:
         return await asyncio.wait_for(asyncio.shield(self.final),
                                       timeout or self.client.timeout)
 
-    async def result(self, expect=OK, timeout: float | None = None):
+    async def result(self, expect=..., timeout: float | None = None):
         resp = await self.response(timeout)
+        if expect is ...:
+            expect = self.expect
         if not _expected(resp.status, expect):
             raise Smb2Error(resp.status, resp.command)
         if self._parse is None:
@@ -366,6 +369,7 @@ class Smb2Client:
                       timeout: float | None = None, **kw):
         """submit() and, unless wait=False, the parsed result checked against `expect`."""
         p = await self.submit(command, body, **kw)
+        p.expect = expect
         if not wait:
             return p
         return await p.result(expect, timeout)
