@@ -1,7 +1,7 @@
 """The srvsvc interface (MS-SRVS) on \\PIPE\\srvsvc: share enumeration and share info.
 
 This module owns what srvsvc answers: NetrShareEnum (opnum 15, levels 0, 1, 2,
-501, 502), NetrShareGetInfo (opnum 16, levels 0, 1, 2, 501, 502, 1005) and
+501, 502) and NetrShareEnumSticky (opnum 36, same levels), NetrShareGetInfo (opnum 16, levels 0, 1, 2, 501, 502, 1005) and
 NetrServerGetInfo (opnum 21, levels 100, 101). Stub data is (un)marshalled
 with impacket's NDR classes (impacket.dcerpc.v5.srvs); DCE/RPC framing is
 pipe.DcerpcPipe's job. Other opnums get nca_s_op_rng_error from DcerpcPipe.
@@ -21,6 +21,7 @@ SRVSVC_SYNTAX = pdu.syntax_bytes("4b324fc8-1670-01d3-1278-5a47bf6ee188", 3, 0)
 OPNUM_NETR_SHARE_ENUM = 15
 OPNUM_NETR_SHARE_GET_INFO = 16
 OPNUM_NETR_SERVER_GET_INFO = 21
+OPNUM_NETR_SHARE_ENUM_STICKY = 36  # rpcclient "netshareenum"
 
 # Win32 error codes carried in the stub's return value (MS-ERREF 2.2, MS-SRVS 3.1.4)
 ERROR_SUCCESS = 0
@@ -88,19 +89,31 @@ class SrvsvcPipe(DcerpcPipe):
             OPNUM_NETR_SHARE_ENUM: self.netr_share_enum,
             OPNUM_NETR_SHARE_GET_INFO: self.netr_share_get_info,
             OPNUM_NETR_SERVER_GET_INFO: self.netr_server_get_info,
+            OPNUM_NETR_SHARE_ENUM_STICKY: self.netr_share_enum_sticky,
         }
 
     # Each handler: request stub -> response stub. impacket raises assorted
     # exceptions on malformed NDR; all of them mean "bad stub data".
 
     def netr_share_enum(self, stub: bytes) -> bytes:
+        return self._share_enum(stub, srvs.NetrShareEnum, srvs.NetrShareEnumResponse,
+                                self.shares)
+
+    def netr_share_enum_sticky(self, stub: bytes) -> bytes:
+        # Same layout as NetrShareEnum. Like Samba, leave out the special
+        # ("$"-suffixed) shares, which are not persistent ("sticky") ones.
+        return self._share_enum(stub, srvs.NetrShareEnumSticky,
+                                srvs.NetrShareEnumStickyResponse,
+                                [s for s in self.shares if not s.name.endswith("$")])
+
+    def _share_enum(self, stub: bytes, req_class, resp_class, shares: list[ShareInfo]) -> bytes:
         try:
-            req = srvs.NetrShareEnum(stub)
+            req = req_class(stub)
             level = req["InfoStruct"]["Level"]
             has_resume = req["ResumeHandle"] != NULL
         except Exception as e:  # noqa: BLE001 - any decode failure is a stub error
             raise StubError(str(e)) from e
-        resp = srvs.NetrShareEnumResponse()
+        resp = resp_class()
         info_level = level if level in srvs.SHARE_ENUM_UNION.union else 1
         resp["InfoStruct"]["Level"] = info_level
         resp["InfoStruct"]["ShareInfo"]["tag"] = info_level
@@ -111,12 +124,12 @@ class SrvsvcPipe(DcerpcPipe):
             resp["TotalEntries"] = 0
             resp["ErrorCode"] = ERROR_INVALID_LEVEL
         else:
-            container["EntriesRead"] = len(self.shares)
-            for share in self.shares:
+            container["EntriesRead"] = len(shares)
+            for share in shares:
                 info = _INFO_CLASS[level]()
                 _fill(info, level, share)
                 container["Buffer"].append(info)
-            resp["TotalEntries"] = len(self.shares)
+            resp["TotalEntries"] = len(shares)
             resp["ErrorCode"] = ERROR_SUCCESS
         # everything fits in one answer: resume handle 0 when the client sent one
         resp["ResumeHandle"] = 0 if has_resume else NULL

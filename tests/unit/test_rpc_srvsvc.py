@@ -112,6 +112,13 @@ def test_share_enum_level1_is_what_smbclient_lists():
     assert resp["ResumeHandle"] == 0
 
 
+def test_share_enum_sticky_leaves_out_special_shares():
+    dce, _ = bound(SrvsvcPipe(SHARES, "SMBDPY"))
+    resp = srvs.hNetrShareEnumSticky(dce, 2)
+    names = [e["shi2_netname"][:-1] for e in resp["InfoStruct"]["ShareInfo"]["Level2"]["Buffer"]]
+    assert names == ["share", "Données"]
+
+
 @pytest.mark.parametrize("level", [0, 1, 2, 501, 502, 1005])
 def test_share_get_info_levels(level):
     dce, _ = bound(SrvsvcPipe(SHARES, "SMBDPY"))
