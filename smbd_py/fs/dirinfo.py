@@ -11,9 +11,10 @@ import collections
 import os
 import stat as stat_mod
 import struct
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from smbd_py.fs.info import FileInfoClass, allocation_size, dos_attributes, end_of_file, file_times
+from smbd_py.fs.shortname import is_8_3, short_name
 from smbd_py.fs.wildcard import compile_pattern, has_wildcards
 from smbd_py.wire.status import NtStatus, SmbError
 
@@ -41,6 +42,14 @@ DIR_INFO_CLASSES = {
 }
 
 
+def _short(name: str) -> tuple[int, bytes]:
+    """(ShortNameLength, ShortName[24]): empty when the name already is 8.3 (as Samba)."""
+    if is_8_3(name):
+        return 0, _NO_SHORT
+    sn = short_name(name).encode("utf-16-le")[:24]
+    return len(sn), sn.ljust(24, b"\0")
+
+
 def encode_entry(info_class: int, name: str, st, attributes: int | None = None) -> bytes:
     """One unpadded entry with NextEntryOffset 0."""
     n = name.encode("utf-16-le", "surrogatepass")
@@ -52,9 +61,11 @@ def encode_entry(info_class: int, name: str, st, attributes: int | None = None) 
     eof = end_of_file(st)
     alloc = allocation_size(st)
     if info_class == FileInfoClass.FileIdBothDirectoryInformation:
-        return _ID_BOTH.pack(0, 0, c, a, w, ch, eof, alloc, attrs, ln, 0, 0, 0, _NO_SHORT, 0, st.st_ino) + n
+        sl, sn = _short(name)
+        return _ID_BOTH.pack(0, 0, c, a, w, ch, eof, alloc, attrs, ln, 0, sl, 0, sn, 0, st.st_ino) + n
     if info_class == FileInfoClass.FileBothDirectoryInformation:
-        return _BOTH.pack(0, 0, c, a, w, ch, eof, alloc, attrs, ln, 0, 0, 0, _NO_SHORT) + n
+        sl, sn = _short(name)
+        return _BOTH.pack(0, 0, c, a, w, ch, eof, alloc, attrs, ln, 0, sl, 0, sn) + n
     if info_class == FileInfoClass.FileIdFullDirectoryInformation:
         return _ID_FULL.pack(0, 0, c, a, w, ch, eof, alloc, attrs, ln, 0, 0, st.st_ino) + n
     if info_class == FileInfoClass.FileFullDirectoryInformation:
@@ -125,7 +136,9 @@ class DirCursor:
     """
 
     def __init__(self, dir_fd: int | None = None, path: str | None = None, pattern: str = "*",
-                 share=None, components: Sequence[str] = ()) -> None:
+                 share=None, components: Sequence[str] = (),
+                 attributes_of: Callable[[int, str, os.stat_result], int] | None = None,
+                 stat_fn: Callable[..., os.stat_result] | None = None) -> None:
         if dir_fd is None:
             if path is None:
                 raise ValueError("DirCursor needs dir_fd or path")
@@ -134,6 +147,12 @@ class DirCursor:
             self._fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self._share = share
         self._components = tuple(components)
+        # attributes_of(dir_fd, name, st) -> DOS attributes, for callers that keep
+        # attributes of their own (e.g. in xattrs) so listings agree with QUERY_INFO.
+        self._attributes_of = attributes_of
+        # stat_fn(name, dir_fd=, follow_symlinks=) replaces os.stat, e.g. paths.statx_at
+        # so listings carry birth times like the caller's fstat does.
+        self._stat = stat_fn or os.stat
         self._pending: collections.deque = collections.deque()
         self._it = None
         self._dots_done = False
@@ -209,8 +228,10 @@ class DirCursor:
             batch = self.next_batch(1 if single else 64)
             if not batch:
                 break
+            attrs_of = self._attributes_of
             for i, (name, st) in enumerate(batch):
-                if not p.add(encode_entry(info_class, name, st)):
+                attrs = None if attrs_of is None or name in (".", "..") else attrs_of(self._fd, name, st)
+                if not p.add(encode_entry(info_class, name, st, attrs)):
                     for ent in reversed(batch[i:]):
                         self.push_back(ent)
                     return bytes(p.buf), p.count
@@ -223,21 +244,22 @@ class DirCursor:
     def _dots(self) -> list[tuple[str, os.stat_result]]:
         out = []
         if self._match("."):
-            out.append((".", os.fstat(self._fd)))
+            out.append((".", self._stat(".", dir_fd=self._fd)))
         if self._match(".."):
             if self._share is not None:
                 comps = self._components
-                parent = self._share.stat(comps[:-1]) if comps else os.fstat(self._fd)
+                parent = self._share.stat(comps[:-1]) if comps else self._stat(".", dir_fd=self._fd)
             else:
-                parent = os.stat("..", dir_fd=self._fd)
+                parent = self._stat("..", dir_fd=self._fd)
             out.append(("..", parent))
         return out
 
     def _stat_entry(self, name: str, is_link: bool, entry=None) -> os.stat_result | None:
         try:
             if not is_link:
-                return entry.stat(follow_symlinks=False) if entry is not None else \
-                    os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+                if entry is not None and self._stat is os.stat:
+                    return entry.stat(follow_symlinks=False)
+                return self._stat(name, dir_fd=self._fd, follow_symlinks=False)
             if self._share is not None:
                 try:
                     return self._share.stat(self._components + (name,))
@@ -245,10 +267,10 @@ class DirCursor:
                     pass
             else:
                 try:
-                    return os.stat(name, dir_fd=self._fd)
+                    return self._stat(name, dir_fd=self._fd)
                 except OSError:
                     pass
-            return os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+            return self._stat(name, dir_fd=self._fd, follow_symlinks=False)
         except OSError:
             return None  # vanished between readdir and stat
 
@@ -260,7 +282,7 @@ class DirCursor:
             if name in (".", ".."):
                 return None
             try:
-                lst = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+                lst = self._stat(name, dir_fd=self._fd, follow_symlinks=False)
             except OSError:
                 return self._scan_one()
             st = self._stat_entry(name, stat_mod.S_ISLNK(lst.st_mode)) if stat_mod.S_ISLNK(lst.st_mode) else lst

@@ -178,10 +178,13 @@ def dos_attributes(st, name: str = "", hide_dot_files: bool = True, stored: int 
 
 
 def creation_ns(st, btime_ns: int | None = None) -> int:
-    """Best creation time we know: a real birth time if the caller has one, else the
-    earliest of mtime and ctime (what Samba does without btime)."""
+    """Best creation time we know: a real birth time (given, or st_birthtime_ns of a
+    paths.StatX), else the earliest of mtime and ctime (what Samba does without btime)."""
     if btime_ns:
         return btime_ns
+    b = getattr(st, "st_birthtime_ns", 0)  # paths.StatX carries it; os.stat_result (3.11) does not
+    if b:
+        return b
     m = st.st_mtime_ns
     c = st.st_ctime_ns
     return m if m < c else c

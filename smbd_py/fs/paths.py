@@ -21,6 +21,10 @@ from smbd_py.wire.status import NtStatus, SmbError
 
 __all__ = [
     "ShareRoot",
+    "StatX",
+    "fstatx",
+    "statx_at",
+    "STATX_AVAILABLE",
     "PathEscapeError",
     "errno_to_status",
     "split_path",
@@ -94,6 +98,91 @@ def _probe_openat2() -> bool:
 
 
 OPENAT2_AVAILABLE = _probe_openat2()
+
+
+# ---------------------------------------------------------------------------
+# statx(2): the only way to learn a file's birth time on Linux from Python 3.11.
+_AT_EMPTY_PATH = 0x1000
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_BASIC_STATS = 0x7FF
+_STATX_BTIME = 0x800
+_STATX_BUF = 256
+_STATX = __import__("struct").Struct("<IIQIIIHxxQQQQ" "qI4x" "qI4x" "qI4x" "qI4x" "IIII")
+
+try:
+    _statx = _libc.statx
+    _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
+    _statx.restype = ctypes.c_int
+except AttributeError:  # glibc < 2.28
+    _statx = None
+
+
+class StatX:
+    """The os.stat_result fields the fs layer uses, plus st_birthtime_ns (0 if unknown)."""
+
+    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
+                 "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+                 "st_birthtime_ns", "st_rdev")
+
+    @property
+    def st_atime(self) -> float:
+        return self.st_atime_ns / 1e9
+
+    @property
+    def st_mtime(self) -> float:
+        return self.st_mtime_ns / 1e9
+
+    @property
+    def st_ctime(self) -> float:
+        return self.st_ctime_ns / 1e9
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, StatX) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "StatX(" + ", ".join(f"{k}={getattr(self, k)}" for k in self.__slots__) + ")"
+
+
+def _do_statx(dir_fd: int, path: bytes, flags: int) -> StatX:
+    buf = ctypes.create_string_buffer(_STATX_BUF)
+    if _statx(dir_fd, path, flags, _STATX_BASIC_STATS | _STATX_BTIME, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(path))
+    (mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
+     a_s, a_n, b_s, b_n, c_s, c_n, m_s, m_n, rmaj, rmin, dmaj, dmin) = _STATX.unpack_from(buf.raw)
+    r = StatX()
+    r.st_mode, r.st_ino, r.st_nlink, r.st_uid, r.st_gid = mode, ino, nlink, uid, gid
+    r.st_size, r.st_blocks, r.st_blksize = size, blocks, blksize
+    r.st_dev = os.makedev(dmaj, dmin)
+    r.st_rdev = os.makedev(rmaj, rmin)
+    r.st_atime_ns = a_s * 1_000_000_000 + a_n
+    r.st_mtime_ns = m_s * 1_000_000_000 + m_n
+    r.st_ctime_ns = c_s * 1_000_000_000 + c_n
+    r.st_birthtime_ns = b_s * 1_000_000_000 + b_n if mask & _STATX_BTIME else 0
+    return r
+
+
+def fstatx(fd: int) -> StatX:
+    """fstat() with the birth time (works on O_PATH fds too)."""
+    return _do_statx(fd, b"", _AT_EMPTY_PATH)
+
+
+def statx_at(name: str, dir_fd: int, follow_symlinks: bool = True) -> StatX:
+    """os.stat(name, dir_fd=..., follow_symlinks=...) with the birth time."""
+    return _do_statx(dir_fd, os.fsencode(name), 0 if follow_symlinks else _AT_SYMLINK_NOFOLLOW)
+
+
+def _probe_statx() -> bool:
+    if _statx is None:
+        return False
+    try:
+        fstatx_root = _do_statx(-100, b"/", 0)  # AT_FDCWD
+        return fstatx_root.st_ino == os.stat("/").st_ino
+    except OSError:
+        return False
+
+
+STATX_AVAILABLE = _probe_statx()
 
 
 # ---------------------------------------------------------------------------
@@ -233,8 +322,11 @@ class ShareRoot:
     blocking (call them from a thread pool) and raise SmbError.
     """
 
-    def __init__(self, path: str, case_sensitive: bool = False, use_openat2: bool | None = None) -> None:
+    def __init__(self, path: str, case_sensitive: bool = False, use_openat2: bool | None = None,
+                 use_statx: bool = False) -> None:
         self.path = os.path.realpath(path)
+        # With use_statx, stat() returns StatX (birth time included) instead of os.stat_result.
+        self._fstat = fstatx if (use_statx and STATX_AVAILABLE) else os.fstat
         self.case_sensitive = case_sensitive
         self.use_openat2 = OPENAT2_AVAILABLE if use_openat2 is None else (use_openat2 and OPENAT2_AVAILABLE)
         self.fd = os.open(self.path, _O_PATH_DIR)
@@ -453,7 +545,7 @@ class ShareRoot:
         """stat() beneath the share (symlinks followed only inside it)."""
         fd = self.open(components, os.O_PATH, follow_last=follow_last)
         try:
-            return os.fstat(fd)
+            return self._fstat(fd)
         finally:
             os.close(fd)
 

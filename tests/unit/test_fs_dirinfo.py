@@ -12,7 +12,8 @@ from smbd_py.fs import dirinfo
 from smbd_py.fs.dirinfo import DirCursor, encode_entry, pack_entries
 from smbd_py.fs.info import FILE_ATTRIBUTE_ARCHIVE, FILE_ATTRIBUTE_DIRECTORY, FILE_ATTRIBUTE_HIDDEN
 from smbd_py.fs.info import FileInfoClass as FIC
-from smbd_py.fs.paths import ShareRoot
+from smbd_py.fs.paths import STATX_AVAILABLE, ShareRoot, StatX, statx_at
+from smbd_py.fs.shortname import short_name
 from smbd_py.fs.timeconv import unix_ns_to_filetime
 from smbd_py.wire.status import NtStatus, SmbError
 
@@ -80,7 +81,10 @@ def test_entries_decode_with_impacket(tree, cls):
         if cls in (FIC.FileIdBothDirectoryInformation, FIC.FileIdFullDirectoryInformation):
             assert rec["FileID"] == st.st_ino
         if cls in (FIC.FileBothDirectoryInformation, FIC.FileIdBothDirectoryInformation):
-            assert rec["ShortNameLength"] == 0
+            # lower-case names are not 8.3, so they carry a mangled short name
+            want = short_name(name).encode("utf-16-le")
+            assert rec["ShortNameLength"] == len(want)
+            assert rec["ShortName"][:len(want)] == want
         nxt = rec["NextEntryOffset"]
         if nxt == 0:
             break
@@ -224,3 +228,28 @@ def test_cursor_20000_entries_streams(tmp_path):
         cur.close()
     finally:
         os.close(fd)
+
+
+def test_short_name_empty_for_8_3_names(tree):
+    st = os.stat(tree / "alpha.txt")
+    e = encode_entry(FIC.FileBothDirectoryInformation, "README.TXT", st)
+    assert e[68] == 0 and e[70:94] == bytes(24)
+
+
+def test_cursor_attributes_hook_and_statx(tree):
+    calls = []
+
+    def attrs_of(dir_fd, name, st):
+        calls.append(name)
+        assert os.path.samestat(os.stat(name, dir_fd=dir_fd, follow_symlinks=False), st)
+        return 0x4  # SYSTEM, as if stored by the caller
+
+    with DirCursor(path=str(tree), pattern="alpha.txt", attributes_of=attrs_of) as cur:
+        buf, n = cur.fill(FIC.FileDirectoryInformation, 4096)
+    assert n == 1 and calls == ["alpha.txt"]
+    assert struct.unpack_from("<I", buf, 56)[0] == 0x4
+    assert STATX_AVAILABLE
+    with DirCursor(path=str(tree), stat_fn=statx_at) as cur:
+        got = dict(cur.next_batch(20))
+    assert all(isinstance(st, StatX) for st in got.values())
+    assert got["alpha.txt"].st_size == 1234 and got["alpha.txt"].st_ino == os.stat(tree / "alpha.txt").st_ino
