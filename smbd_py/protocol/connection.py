@@ -113,16 +113,32 @@ class Connection:
             self.disconnect()
 
     async def _handle_transform(self, data: bytes) -> None:
+        """MS-SMB2 3.3.5.2.1.1: pick the session by the transform's SessionId, decrypt
+        with its key; anything wrong drops the connection."""
         from ..security import encryption
         try:
-            session_id, plain = encryption.decrypt_transform(self, data)
-        except Exception as e:
+            session_id = encryption.transform_session_id(data)
+        except encryption.DecryptError as e:
+            raise Disconnect(f"bad transform header: {e}") from e
+        sess = self.sessions.get(session_id)
+        if sess is None or sess.decryptor is None:
+            raise Disconnect(f"transform for unknown session {session_id:#x}")
+        try:
+            _sid, plain = sess.decryptor.decrypt(data)
+        except encryption.DecryptError as e:
             raise Disconnect(f"undecryptable transform: {e}") from e
-        if plain[:4] != PROTOCOL_ID:
+        if plain[:4] != PROTOCOL_ID or len(plain) < HEADER_SIZE:
             raise Disconnect("transform payload is not SMB2")
-        await self._handle_compound(plain, encrypted_session=session_id)
+        await self._handle_compound(plain, encrypted_session=sess)
 
-    async def _handle_compound(self, data: bytes, encrypted_session: int | None = None) -> None:
+    def _seal(self, req: Request, message: Any) -> Any:
+        """Encrypt a response (or compound) when its request came encrypted (3.3.4.1.4)."""
+        sess = req.encrypted_by
+        if sess is None or sess.encryptor is None:
+            return message
+        return sess.encryptor.encrypt(sess.session_id, message)
+
+    async def _handle_compound(self, data: bytes, encrypted_session: Any = None) -> None:
         mv = memoryview(data)
         offset = 0
         responses: list[tuple[Request, bytes, Any]] = []
@@ -144,6 +160,7 @@ class Connection:
             req = Request(self, hdr, mv[offset + HEADER_SIZE:end], mv[offset:end])
             req.in_compound = offset != 0 or hdr.next_command != 0
             req.related = bool(hdr.flags & Flags.RELATED_OPERATIONS)
+            req.encrypted_by = encrypted_session
             body = await self._process(req, prev, first=(offset == 0))
             if body is not None:
                 if req.interim_sent:
@@ -229,6 +246,12 @@ class Connection:
 
     def _check_signature(self, req: Request) -> None:
         sess = req.session
+        if req.encrypted_by is not None:
+            # An encrypted message is authenticated by its AEAD tag, not signed (3.3.5.2.4).
+            return
+        if sess.encrypt_data and req.hdr.command not in (Command.NEGOTIATE, Command.SESSION_SETUP):
+            # MS-SMB2 3.3.5.2.9: a session that requires encryption refuses plain requests.
+            raise SmbError(NtStatus.ACCESS_DENIED)
         signed = bool(req.hdr.flags & Flags.SIGNED)
         req.was_signed = signed
         if sess.signer is None:
@@ -278,6 +301,9 @@ class Connection:
                    flags=Flags.SERVER_TO_REDIR | Flags.ASYNC_COMMAND | (req.hdr.flags & Flags.RELATED_OPERATIONS),
                    message_id=req.hdr.message_id, async_id=aid, session_id=req.hdr.session_id)
         req.credits_granted = h.credits
+        if req.encrypted_by is not None:
+            self.send(self._seal(req, h.pack() + ERROR_BODY))
+            return
         self.send(h.pack(), ERROR_BODY)
 
     def _cancel(self, req: Request) -> None:
@@ -305,7 +331,7 @@ class Connection:
                       async_id=req.async_id, tree_id=hdr.tree_id, session_id=hdr.session_id)
 
     def _signer_for(self, req: Request) -> Any:
-        if req.unsigned_response:
+        if req.unsigned_response or req.encrypted_by is not None:
             return None
         sess = req.session
         if sess is None or sess.signer is None:
@@ -340,7 +366,7 @@ class Connection:
                 sig = signer.sign(mv, message_id=h.message_id, is_response=True, is_cancel=False)
                 out[start + SIGNATURE_OFFSET:start + SIGNATURE_OFFSET + 16] = sig
             self._after_response(req, out, start)
-        self.send(bytes(out))
+        self.send(self._seal(items[0][0], bytes(out)))
 
     def _send_single(self, req: Request, body: Any) -> None:
         h = self._build_header(req)
@@ -363,6 +389,9 @@ class Connection:
             hb = h.pack()
             if self.dialect == 0x0311 and req.hdr.command in (Command.NEGOTIATE, Command.SESSION_SETUP):
                 self._after_response(req, hb + bytes(body), 0)
+            if req.encrypted_by is not None:
+                self.send(self._seal(req, b"".join((hb, bytes(body), *map(bytes, extra)))))
+                return
             self.send(hb, body, *extra)
 
     def _after_response(self, req: Request, buf: Any, start: int) -> None:

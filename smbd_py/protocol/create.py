@@ -320,9 +320,10 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         op.mode |= A.FILE_WRITE_THROUGH
     ctx.add_open(op)
     req.out_file_id = op.file_id
-    if action == A.FILE_CREATED and c.attributes & ~A.FILE_ATTRIBUTE_DIRECTORY:
+    if action == A.FILE_CREATED and (not is_dir or c.attributes & ~A.FILE_ATTRIBUTE_DIRECTORY):
         from .info import store_attributes
-        await store_attributes(ctx, op, c.attributes)
+        # MS-FSA 2.1.5.1.1: a new non-directory file always gets FILE_ATTRIBUTE_ARCHIVE.
+        await store_attributes(ctx, op, c.attributes | (0 if is_dir else A.FILE_ATTRIBUTE_ARCHIVE))
     resp_ctx = []
     if b"MxAc" in c.contexts:
         maximal = req.tree.maximal_access

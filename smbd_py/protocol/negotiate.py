@@ -41,7 +41,10 @@ STATUS_NO_PREAUTH_INTEGRITY_HASH_OVERLAP = 0xC05D0000
 
 # Features this server implements; the oplock/lease and encryption stages turn these on.
 LEASING_SUPPORTED = False
-ENCRYPTION_CIPHERS: tuple[int, ...] = ()        # e.g. (2, 1) AES-128-GCM, AES-128-CCM
+# Server preference order (Samba's and Windows' default): AES-128-GCM, AES-128-CCM,
+# AES-256-GCM, AES-256-CCM (MS-SMB2 2.2.3.1.2 cipher ids).
+ENCRYPTION_CIPHERS: tuple[int, ...] = (0x0002, 0x0001, 0x0004, 0x0003)
+AES_128_CCM = 0x0001
 
 
 def filetime_now() -> int:
@@ -101,6 +104,13 @@ async def handle_negotiate(req) -> bytes:
     if chosen == 0x0202:
         conn.max_read = conn.max_write = conn.max_transact = 65536
     conn.server_capabilities = _server_capabilities(chosen)
+    if chosen in (0x0300, 0x0302):
+        # MS-SMB2 3.3.5.4: 3.0/3.0.2 encrypt with AES-128-CCM, and only when the client
+        # announced SMB2_GLOBAL_CAP_ENCRYPTION (3.1.1 uses the negotiate context instead).
+        if caps & CAP_ENCRYPTION and AES_128_CCM in ENCRYPTION_CIPHERS:
+            conn.cipher_id = AES_128_CCM
+        else:
+            conn.server_capabilities &= ~CAP_ENCRYPTION
     conn.server_security_mode = _security_mode(conn)
     return _response(conn, chosen, contexts_out)
 

@@ -44,7 +44,7 @@ class Session:
     __slots__ = ("session_id", "conn", "state", "auth", "user", "domain", "anonymous", "guest",
                  "session_key", "signer", "signing_required", "preauth_hash", "trees",
                  "next_tree_id", "encrypt_key", "decrypt_key", "application_key", "opens",
-                 "encrypt_data")
+                 "encrypt_data", "encryptor", "decryptor")
 
     def __init__(self, session_id: int, conn: Any) -> None:
         self.session_id = session_id
@@ -65,6 +65,8 @@ class Session:
         self.decrypt_key = b""
         self.application_key = b""
         self.encrypt_data = False
+        self.encryptor: Any = None     # security.encryption.Encryptor (3.x, cipher negotiated)
+        self.decryptor: Any = None     # security.encryption.Decryptor
         self.opens: dict[int, "Open"] = {}
 
 

@@ -12,7 +12,7 @@ class Request:
     __slots__ = ("conn", "hdr", "body", "raw", "session", "tree", "status", "async_id",
                  "interim_sent", "cancel_future", "was_signed", "credits_granted",
                  "in_compound", "related", "out_file_id", "error_data", "send_immediately",
-                 "unsigned_response", "disconnect_after", "task", "prev_status")
+                 "unsigned_response", "disconnect_after", "task", "prev_status", "encrypted_by")
 
     def __init__(self, conn: Any, hdr: Header, body: memoryview, raw: memoryview) -> None:
         self.conn = conn
@@ -35,6 +35,9 @@ class Request:
         self.disconnect_after = False
         self.task = None
         self.prev_status = NtStatus.SUCCESS
+        # The session whose key decrypted this request (it came in a TRANSFORM_HEADER):
+        # its responses are encrypted with that session's key and are not signed.
+        self.encrypted_by: Any = None
 
     async def go_async(self) -> None:
         """Send the interim STATUS_PENDING response now (MS-SMB2 3.3.4.2); the final response

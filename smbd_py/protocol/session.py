@@ -120,12 +120,20 @@ def _session_flags(sess: Session) -> int:
 def _setup_keys(conn, sess: Session, session_key: bytes, client_sec_mode: int) -> None:
     from ..security.kdf import derive_keys
     from ..security.signing import Signer
+    from ..security.encryption import Decryptor, Encryptor, cipher_key_bits
     key = session_key[:16].ljust(16, b"\0")
     sess.session_key = key
-    keys = derive_keys(conn.dialect, key, sess.preauth_hash if conn.dialect == 0x0311 else None)
+    cipher = conn.cipher_id if conn.dialect >= 0x0300 else 0
+    # AES-256 ciphers derive 256-bit encryption keys (MS-SMB2 3.3.5.5.3); NTLM's session
+    # key is 16 bytes, so the "full session key" is the same key.
+    keys = derive_keys(conn.dialect, key, sess.preauth_hash if conn.dialect == 0x0311 else None,
+                       cipher_key_bits(cipher) if cipher else 128)
     sess.application_key = keys.application
     sess.encrypt_key = keys.encryption_server_out
     sess.decrypt_key = keys.decryption_server_in
+    if cipher:
+        sess.encryptor = Encryptor(cipher, keys.encryption_server_out)
+        sess.decryptor = Decryptor(cipher, keys.decryption_server_in)
     if conn.dialect >= 0x0300:
         alg = conn.signing_algorithm if conn.dialect == 0x0311 else 1
     else:
