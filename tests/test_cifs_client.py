@@ -114,6 +114,9 @@ test "$(stat -c %s $M/trunc.txt)" = 8
 touch -d '2001-02-03 04:05:06' $M/trunc.txt
 stat -c 'MTIME %Y' $M/trunc.txt
 echo "SETINFO OK"
+ln $M/hello.txt $M/hello-link.txt
+test "$(cat $M/hello-link.txt)" = "$(cat $M/hello.txt)"
+echo "LINK OK"
 printf 'gone\n' > $M/gone.txt
 rm $M/gone.txt
 test ! -e $M/gone.txt
@@ -144,7 +147,7 @@ def test_kernel_cifs_against_smbd_py(ns, image, tmp_path, vers, dialect):
         assert srv.proc.poll() is None, "smbd_py died\n" + diag
         assert r.rc == 0, diag
         for word in ("MOUNT OK", "WRITE OK", "READBACK OK", "LIST OK", "RENAME OK", "DIR OK",
-                     "SETINFO OK", "DELETE OK", "DF OK", "UMOUNT OK"):
+                     "SETINFO OK", "LINK OK", "DELETE OK", "DF OK", "UMOUNT OK"):
             assert word in r.output, f"missing {word}\n" + diag
         assert f"DIALECT Dialect {dialect}" in r.output, diag
 
@@ -164,6 +167,8 @@ def test_kernel_cifs_against_smbd_py(ns, image, tmp_path, vers, dialect):
         assert (share / "trunc.txt").read_bytes() == b"truncate"
         assert int((share / "trunc.txt").stat().st_mtime) == int(re.search(r"MTIME (\d+)", r.output).group(1))
         assert not (share / "dir").exists() and not (share / "gone.txt").exists()
+        assert (share / "hello-link.txt").stat().st_ino == (share / "hello.txt").stat().st_ino
+        assert (share / "hello.txt").stat().st_nlink == 2
 
         assert srv.proc.poll() is None, "smbd_py died after the guest finished\n" + diag
         bad = [line for line in srv.log_text().splitlines() if "internal error" in line]

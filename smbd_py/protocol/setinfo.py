@@ -49,7 +49,7 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
     elif klass == FIC.FileRenameInformation:
         await _rename(req, op, value)
     elif klass == FIC.FileLinkInformation:
-        raise SmbError(NtStatus.NOT_SUPPORTED)
+        await _link(req, op, value)
 
 
 def _utime(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
@@ -163,3 +163,63 @@ async def _rename(req, op, v) -> None:
         for other in ctx.files.values():
             if other is not fs and other.components[:n] == old:
                 other.components = new_comps + other.components[n:]
+
+
+def _link_at(fd: int, dst_dir_fd: int, dst_name: str, replace: bool) -> None:
+    """Hard-links the open file itself (not whatever its name points at now) through its
+    /proc/self/fd magic link; replacing is atomic: link to a temporary name, then rename."""
+    src = f"/proc/self/fd/{fd}"
+    try:
+        if not replace:
+            os.link(src, dst_name, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+            return
+        tmp = f".smbd_py-link-{os.getpid()}-{fd}-{os.urandom(4).hex()}"
+        os.link(src, tmp, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+        try:
+            os.rename(tmp, dst_name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
+        except BaseException:
+            os.unlink(tmp, dir_fd=dst_dir_fd)
+            raise
+    except OSError as e:
+        from ..fs.paths import _smb_error
+        raise _smb_error(e) from None
+
+
+async def _link(req, op, v) -> None:
+    """FileLinkInformation (MS-FSA 2.1.5.15.6): a new name for the open file."""
+    ctx = req.conn.server
+    share = op.tree.share
+    root = share.root
+    if share.read_only:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    if op.is_dir:
+        raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
+    if v.root_directory:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if not v.file_name:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    new = root.split(v.file_name)
+    if not new:
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    fs = op.file
+    try:
+        tgt = await ctx.run_io(root.stat, new, False)
+    except SmbError as e:
+        if e.status != NtStatus.OBJECT_NAME_NOT_FOUND:
+            raise
+        tgt = None
+    if tgt is not None:
+        if not v.replace_if_exists:
+            raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
+        if stat_mod.S_ISDIR(tgt.st_mode):
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        if (tgt.st_dev, tgt.st_ino) == fs.key:
+            return  # already a name of this file
+        tfs = ctx.files.get((tgt.st_dev, tgt.st_ino))
+        if tfs is not None and tfs.opens:
+            raise SmbError(NtStatus.ACCESS_DENIED)
+    dfd, dst_name = await ctx.run_io(root.open_parent, new)
+    try:
+        await ctx.run_io(_link_at, op.fd, dfd, dst_name, tgt is not None)
+    finally:
+        os.close(dfd)
