@@ -12,6 +12,7 @@ import struct
 from ..fs import info as fsinfo
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
+from . import caching
 from .objects import Open
 
 log = logging.getLogger("smbd_py.create")
@@ -31,7 +32,7 @@ _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK
 
 class CreateRequest:
     __slots__ = ("oplock", "impersonation", "access", "attributes", "share_access",
-                 "disposition", "options", "name", "contexts")
+                 "disposition", "options", "name", "contexts", "cache_id", "first_attempt")
 
 
 def parse_contexts(raw, offset: int, length: int) -> dict[bytes, bytes]:
@@ -214,6 +215,10 @@ async def handle_create(req) -> bytes:
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
     if b"ExtA" in c.contexts:
         raise SmbError(NtStatus.EAS_NOT_SUPPORTED)
+    # The id this CREATE has in the oplock table, kept across attempts: after waiting for
+    # a break the open is re-run as the same waiter (protocol.caching).
+    c.cache_id = caching.new_cache_id()
+    c.first_attempt = True
     for attempt in range(8):
         comps, st = await ctx.run_io(_stat_target, root, comps)
         result = await _create_or_open(req, c, root, comps, st, want_dir)
@@ -249,6 +254,13 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
             raise
         action = A.FILE_CREATED
         is_dir = want_dir
+        # A new inode has no other holder: the table grants at once, never waits.
+        try:
+            grant = await caching.acquire(req, c.cache_id, (st.st_dev, st.st_ino), c, access,
+                                          is_dir, False, False, c.first_attempt)
+        except BaseException:
+            os.close(fd)
+            raise
     else:
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         if not is_dir and not stat_mod.S_ISREG(st.st_mode):
@@ -276,18 +288,30 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
                 raise SmbError(NtStatus.ACCESS_DENIED)
         key = (st.st_dev, st.st_ino)
         fs = ctx.files.get(key)
-        if fs is not None:
-            if fs.delete_pending:
-                raise SmbError(NtStatus.DELETE_PENDING)
-            if _share_conflict(fs, access, c.share_access):
-                raise SmbError(NtStatus.SHARING_VIOLATION)
+        if fs is not None and fs.delete_pending:
+            raise SmbError(NtStatus.DELETE_PENDING)
+        # Oplock holders are broken before the share-mode verdict and before the file is
+        # opened (a truncate must not overtake a holder's cached writes): MS-SMB2 3.3.5.9,
+        # MS-FSA 2.1.5.1.2. The table answers SHARING_VIOLATION itself when it stands.
+        conflict = fs is not None and _share_conflict(fs, access, c.share_access)
+        grant = await caching.acquire(req, c.cache_id, key, c, access, is_dir, conflict,
+                                      bool(fs is not None and fs.locks), c.first_attempt)
+        if grant is None:
+            c.first_attempt = False
+            return None          # holders answered the break: look at the file again
         if is_dir:
             flags = _O_DIR
         else:
             flags = _open_flags(access | (A.FILE_WRITE_DATA if truncate else 0))
-        fd, st2, stored = await ctx.run_io(_open_existing, root, comps, is_dir, flags, truncate and not is_dir)
+        try:
+            fd, st2, stored = await ctx.run_io(_open_existing, root, comps, is_dir, flags,
+                                               truncate and not is_dir)
+        except BaseException:
+            caching.release(ctx, c.cache_id)
+            raise
         if (st2.st_dev, st2.st_ino) != key:
             os.close(fd)
+            caching.release(ctx, c.cache_id)
             return None          # replaced between stat and open: look again
         st = st2
         action = {A.FILE_SUPERSEDE: A.FILE_SUPERSEDED, A.FILE_OVERWRITE: A.FILE_OVERWRITTEN,
@@ -299,6 +323,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         fs.attributes = stored
     if fs.delete_pending or _share_conflict(fs, access, c.share_access):
         os.close(fd)
+        caching.release(ctx, c.cache_id)
         if not fs.opens:
             ctx.files.pop(key, None)
         raise SmbError(NtStatus.DELETE_PENDING if fs.delete_pending else NtStatus.SHARING_VIOLATION)
@@ -314,6 +339,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
     op.file = fs
     op.stat = st
     op.delete_on_close = bool(c.options & A.FILE_DELETE_ON_CLOSE)
+    op.oplock_level = grant.oplock_level
+    caching.bind(ctx, c.cache_id, op)
     if c.options & (A.FILE_SYNCHRONOUS_IO_ALERT | A.FILE_SYNCHRONOUS_IO_NONALERT):
         op.mode |= c.options & (A.FILE_SYNCHRONOUS_IO_ALERT | A.FILE_SYNCHRONOUS_IO_NONALERT)
     if c.options & A.FILE_WRITE_THROUGH:
@@ -332,7 +359,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         resp_ctx.append((b"MxAc", struct.pack("<II", 0, maximal)))
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
-    return _create_response(op, st, action, OPLOCK_NONE, resp_ctx)
+    return _create_response(op, st, action, op.oplock_level, resp_ctx)
 
 
 def _create_response(op: Open, st, action: int, oplock: int, contexts) -> bytes:
@@ -412,6 +439,7 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
     if fs is not None:
         from .lock import release_open_locks
         release_open_locks(ctx, op)
+    caching.closed(ctx, op)
     ctx.remove_open(op)
     delete = fs is not None and fs.delete_pending and not fs.opens
     return delete, fs

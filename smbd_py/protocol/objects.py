@@ -79,7 +79,7 @@ class Open:
                  "dir_cursor", "dir_pattern", "oplock_level", "lease", "closed",
                  "create_guid", "locks", "stat", "name", "lock_fd", "durable", "ea_size",
                  "pending_times", "lease_fd", "sticky_times", "file",
-                 "notify")
+                 "notify", "cache_id")
 
     def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
         vid = next(_file_ids)
@@ -117,6 +117,7 @@ class Open:
         self.pending_times = None
         self.file: "FileState | None" = None
         self.notify: Any = None
+        self.cache_id = 0              # this open's id in the oplock table (protocol.caching)
 
 
 class FileState:

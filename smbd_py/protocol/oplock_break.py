@@ -1,5 +1,5 @@
-"""OPLOCK_BREAK acknowledgements (MS-SMB2 3.3.5.22). Until the lease table is wired in the
-server grants no oplocks or leases, so every acknowledgement names nothing breaking."""
+"""OPLOCK_BREAK acknowledgements (MS-SMB2 3.3.5.22): oplock acks go to the oplock table
+(protocol.caching); leases are not granted yet, so a lease ack names no lease."""
 from __future__ import annotations
 
 from ..wire.status import NtStatus, SmbError
@@ -12,10 +12,9 @@ async def handle_oplock_break(req) -> bytes:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     size = int.from_bytes(body[:2], "little")
     if size == 24 and len(body) >= 24:
-        if body[2] == 0xFF:
-            raise SmbError(NtStatus.INVALID_PARAMETER)
-        lookup_open(req, bytes(body[8:24]))
-        raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL)
+        from .caching import handle_oplock_ack
+        op = lookup_open(req, bytes(body[8:24]))
+        return await handle_oplock_ack(req, op, body[2])
     if size == 36 and len(body) >= 36:
         raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
     raise SmbError(NtStatus.INVALID_PARAMETER)

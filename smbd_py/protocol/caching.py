@@ -1,0 +1,181 @@
+"""Oplock glue between the SMB layer and the pure oplock/lease table (oplocks.table).
+
+Owns the server's one LeaseTable: asks it for a grant on every CREATE (waiting, async,
+while holders acknowledge breaks), tells it about closes, writes and acks, carries out
+the actions it returns (OPLOCK_BREAK notifications, resuming waiting opens) and runs
+its break timeouts on the event loop clock.
+
+Not wired yet (kept out on purpose, each has its hook here): SMB2.1/3 leases (the
+negotiate flag LEASING_SUPPORTED stays off, lease create contexts are ignored, so the
+table only ever sees oplock requests) and kernel-lease backing (CachingChanged /
+KernelBreakDone actions and `cap` are where oplocks.kernel.KernelLeases plugs in).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+from typing import Any
+
+from ..oplocks.table import LeaseTable
+from ..oplocks.types import (LEASE_RWH, OPLOCK_LEASE, OPLOCK_NONE, OpenRequest, Resume,
+                             SendLeaseBreak, SendOplockBreak)
+from ..wire.status import NtStatus, SmbError
+
+log = logging.getLogger("smbd_py.caching")
+
+# MS-SMB2 2.2.23.1 / 2.2.24.1: StructureSize(24) OplockLevel Reserved Reserved2 FileId
+OPLOCK_BREAK_BODY = struct.Struct("<HBBI16s")
+_cache_ids = itertools.count(1)
+
+
+class Caching:
+    """Per-server oplock state: the table, which SMB open each table open is, and the
+    opens waiting for breaks to be acknowledged."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.table = LeaseTable(break_timeout=ctx.config.break_timeout)
+        self.opens: dict[int, Any] = {}                 # cache id -> protocol.objects.Open
+        self.waiters: dict[int, asyncio.Future] = {}    # cache id -> woken on Resume
+        self._timer: asyncio.TimerHandle | None = None
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    # ---- actions ------------------------------------------------------------------------
+    def run(self, actions) -> None:
+        for a in actions:
+            if isinstance(a, SendOplockBreak):
+                self._send_oplock_break(a)
+            elif isinstance(a, Resume):
+                fut = self.waiters.pop(a.waiter_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
+            elif isinstance(a, SendLeaseBreak):
+                log.warning("lease break requested but leases are not wired: %r", a)
+            # CachingChanged / KernelBreakDone: the kernel-lease adapter's hooks (not wired).
+        self._arm_timer()
+
+    def _send_oplock_break(self, a: SendOplockBreak) -> None:
+        op = self.opens.get(a.open_id)
+        if op is None or op.closed:
+            return
+        if not a.ack_required:
+            op.oplock_level = a.oplock_level      # LEVEL_II -> NONE takes effect at once
+        body = OPLOCK_BREAK_BODY.pack(24, a.oplock_level, 0, 0, op.file_id)
+        log.debug("oplock break of %s to %#x (ack %s)", op.name, a.oplock_level, a.ack_required)
+        op.conn.send_oplock_break(body)
+
+    def _arm_timer(self) -> None:
+        deadline = self.table.next_deadline()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.run(self.table.tick(self.now()))
+
+
+def caching_of(ctx: Any) -> Caching:
+    c = getattr(ctx, "_caching", None)
+    if c is None:
+        c = Caching(ctx)
+        ctx._caching = c
+    return c
+
+
+def new_cache_id() -> int:
+    return next(_cache_ids)
+
+
+async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
+                  sharing_violation: bool, has_brlocks: bool, first_attempt: bool):
+    """Ask the table for this CREATE's oplock. Returns the Grant (the open is then
+    registered under cache_id), or None when the caller must look at the file again
+    because holders were broken and have now answered (the request went async)."""
+    cache = caching_of(req.conn.server)
+    conn = req.conn
+    level = c.oplock if c.oplock != OPLOCK_LEASE else OPLOCK_NONE
+    res = cache.table.open(OpenRequest(
+        open_id=cache_id, file_key=file_key, owner_id=conn, client_guid=conn.client_guid,
+        dialect=conn.dialect, oplock_level=level, access_mask=access,
+        create_disposition=c.disposition, is_directory=is_dir,
+        sharing_violation=sharing_violation, has_brlocks=has_brlocks, cap=LEASE_RWH,
+        first_attempt=first_attempt), cache.now())
+    if res.status == NtStatus.PENDING:
+        fut = asyncio.get_running_loop().create_future()
+        cache.waiters[cache_id] = fut
+        cache.run(res.actions)
+        # MS-SMB2 3.3.4.2: a CREATE blocked on a break answers STATUS_PENDING at once.
+        await req.go_async()
+        try:
+            await req.wait(fut)
+        except BaseException:
+            cache.waiters.pop(cache_id, None)
+            cache.table.cancel_wait(cache_id)
+            raise
+        return None
+    cache.run(res.actions)
+    if res.status != NtStatus.SUCCESS:
+        raise SmbError(res.status)
+    return res.grant
+
+
+def bind(ctx: Any, cache_id: int, op) -> None:
+    """The table open cache_id is SMB open op from now on."""
+    cache = caching_of(ctx)
+    op.cache_id = cache_id
+    cache.opens[cache_id] = op
+
+
+def release(ctx: Any, cache_id: int) -> None:
+    """Forget a table open: the CREATE failed after the grant, or the open closed."""
+    cache = getattr(ctx, "_caching", None)
+    if cache is None or not cache_id:
+        return
+    cache.opens.pop(cache_id, None)
+    cache.waiters.pop(cache_id, None)
+    try:
+        now = cache.now()
+    except RuntimeError:              # no running loop (shutdown): nobody to notify
+        cache.table.close(cache_id, 0.0)
+        return
+    cache.run(cache.table.close(cache_id, now))
+
+
+def closed(ctx: Any, op) -> None:
+    cid = getattr(op, "cache_id", 0)
+    if cid:
+        op.cache_id = 0
+        release(ctx, cid)
+
+
+def data_changed(ctx: Any, op) -> None:
+    """WRITE, set EOF/allocation, byte-range LOCK: level II holders lose their cache."""
+    cache = getattr(ctx, "_caching", None)
+    cid = getattr(op, "cache_id", 0)
+    if cache is None or not cid:
+        return
+    cache.run(cache.table.write(cid, cache.now()))
+
+
+async def handle_oplock_ack(req, op, level: int) -> bytes:
+    """OPLOCK_BREAK acknowledgment (MS-SMB2 3.3.5.22.1)."""
+    cache = getattr(req.conn.server, "_caching", None)
+    cid = getattr(op, "cache_id", 0)
+    if cache is None or not cid:
+        raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL)
+    res = cache.table.ack_oplock(cid, level, cache.now(), owner_id=req.conn)
+    if res.status == NtStatus.SUCCESS or res.status == NtStatus.INVALID_OPLOCK_PROTOCOL:
+        op.oplock_level = res.level
+    cache.run(res.actions)
+    if res.status != NtStatus.SUCCESS:
+        raise SmbError(res.status)
+    return OPLOCK_BREAK_BODY.pack(24, res.level, 0, 0, op.file_id)
