@@ -351,7 +351,11 @@ class Connection:
             start = len(out)
             h = self._build_header(req)
             out += h.pack()
-            out += body
+            if isinstance(body, tuple):   # READ's (fixed part, payload) form
+                for piece in body:
+                    out += piece
+            else:
+                out += body
             if i + 1 < n:
                 pad = (-len(out)) % 8
                 out += b"\0" * pad
@@ -360,10 +364,11 @@ class Connection:
             signer = self._signer_for(req)
             if signer is not None:
                 out[start + 16] |= Flags.SIGNED   # Flags is at offset 16 of the header
-                mv = memoryview(out)[start:]
-                if i + 1 < n:
-                    mv = mv[:h.next_command]
-                sig = signer.sign(mv, message_id=h.message_id, is_response=True, is_cancel=False)
+                # A copy, not a memoryview: an export left alive would stop `out` from
+                # growing for the next response of the compound (BufferError).
+                end = start + h.next_command if i + 1 < n else len(out)
+                sig = signer.sign(bytes(out[start:end]), message_id=h.message_id,
+                                  is_response=True, is_cancel=False)
                 out[start + SIGNATURE_OFFSET:start + SIGNATURE_OFFSET + 16] = sig
             self._after_response(req, out, start)
         self.send(self._seal(items[0][0], bytes(out)))

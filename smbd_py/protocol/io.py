@@ -44,7 +44,10 @@ async def handle_read(req) -> bytes | tuple:
     _check_credit_charge(req, length)
     op = lookup_open(req, raw_fid)
     if op.pipe is not None:
-        data = op.pipe.read(length)
+        try:
+            data = op.pipe.read(length)
+        except ValueError:   # PipeProtocolError: earlier bad PDUs broke the pipe
+            raise SmbError(NtStatus.PIPE_BROKEN) from None
         if not data:
             raise SmbError(NtStatus.PIPE_EMPTY if False else NtStatus.END_OF_FILE)
         return READ_RESP.pack(17, READ_DATA_OFFSET, 0, len(data), 0, 0), data
@@ -93,7 +96,10 @@ async def handle_write(req) -> bytes:
     op = lookup_open(req, raw_fid)
     data = raw[data_off:data_off + length]
     if op.pipe is not None:
-        op.pipe.write(bytes(data))
+        try:
+            op.pipe.write(bytes(data))
+        except ValueError:   # PipeProtocolError: not DCE/RPC, as ioctl's transceive says
+            raise SmbError(NtStatus.PIPE_BROKEN) from None
         return WRITE_RESP.pack(17, 0, length, 0, 0, 0)
     if op.is_dir:
         raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
