@@ -354,23 +354,26 @@ FILE_INFO_ENCODERS = {
 }
 
 # Minimum OutputBufferLength per class, and whether the class has a variable part.
+# The minimum is what Windows uses: sizeof() of the class's C structure, where a
+# trailing WCHAR name[1] and 8-byte alignment count (so FILE_ALL_INFORMATION is 104,
+# not 100); smbtorture smb2.getinfo.qfile_buffercheck/qfs_buffercheck and Samba agree.
 FILE_INFO_FIXED_SIZE: dict[int, tuple[int, bool]] = {
     FileInfoClass.FileBasicInformation: (40, False),
     FileInfoClass.FileStandardInformation: (24, False),
     FileInfoClass.FileInternalInformation: (8, False),
     FileInfoClass.FileEaInformation: (4, False),
     FileInfoClass.FileAccessInformation: (4, False),
-    FileInfoClass.FileNameInformation: (4, True),
+    FileInfoClass.FileNameInformation: (8, True),
     FileInfoClass.FilePositionInformation: (8, False),
     FileInfoClass.FileModeInformation: (4, False),
     FileInfoClass.FileAlignmentInformation: (4, False),
-    FileInfoClass.FileAllInformation: (100, True),
-    FileInfoClass.FileAlternateNameInformation: (4, True),
-    FileInfoClass.FileStreamInformation: (24, True),
+    FileInfoClass.FileAllInformation: (104, True),
+    FileInfoClass.FileAlternateNameInformation: (8, True),
+    FileInfoClass.FileStreamInformation: (32, True),
     FileInfoClass.FileCompressionInformation: (16, False),
     FileInfoClass.FileNetworkOpenInformation: (56, False),
     FileInfoClass.FileAttributeTagInformation: (8, False),
-    FileInfoClass.FileNormalizedNameInformation: (4, True),
+    FileInfoClass.FileNormalizedNameInformation: (8, True),
     FileInfoClass.FileIdInformation: (24, False),
 }
 
@@ -427,6 +430,17 @@ def encode_fs_attribute(attributes: int = DEFAULT_FS_ATTRIBUTES, fs_name: str = 
     return _FS_ATTRIBUTE.pack(attributes, max_component, len(n)) + n
 
 
+_FS_CONTROL = struct.Struct("<qqqQQI4x")     # 48
+NO_QUOTA_LIMIT = 0xFFFFFFFFFFFFFFFF
+
+
+def encode_fs_control() -> bytes:
+    """FileFsControlInformation (MS-FSCC 2.5.2) of a volume without quotas: no free-space
+    filtering, default threshold and limit "none" (-1), FileSystemControlFlags 0
+    (FILE_VC_QUOTA_NONE) -- what Windows answers when quotas are off."""
+    return _FS_CONTROL.pack(0, 0, 0, NO_QUOTA_LIMIT, NO_QUOTA_LIMIT, 0)
+
+
 def encode_fs_object_id(object_id: bytes = b"") -> bytes:
     return object_id[:16].ljust(16, b"\0") + bytes(48)
 
@@ -437,11 +451,12 @@ def encode_fs_sector_size(sector: int = SECTOR_SIZE) -> bytes:
 
 
 FS_INFO_FIXED_SIZE: dict[int, tuple[int, bool]] = {
-    FsInfoClass.FileFsVolumeInformation: (18, True),
+    FsInfoClass.FileFsVolumeInformation: (24, True),
     FsInfoClass.FileFsSizeInformation: (24, False),
     FsInfoClass.FileFsDeviceInformation: (8, False),
-    FsInfoClass.FileFsAttributeInformation: (12, True),
+    FsInfoClass.FileFsAttributeInformation: (16, True),
     FsInfoClass.FileFsFullSizeInformation: (32, False),
+    FsInfoClass.FileFsControlInformation: (48, False),
     FsInfoClass.FileFsObjectIdInformation: (64, False),
     FsInfoClass.FileFsSectorSizeInformation: (28, False),
 }
@@ -475,6 +490,8 @@ def query_fs_info(info_class: int, vfs, v: VolumeFacts = VolumeFacts()) -> bytes
         return encode_fs_object_id(v.object_id)
     if info_class == FsInfoClass.FileFsSectorSizeInformation:
         return encode_fs_sector_size()
+    if info_class == FsInfoClass.FileFsControlInformation:
+        return encode_fs_control()
     raise SmbError(NtStatus.INVALID_INFO_CLASS, f"fs info class {info_class}")
 
 

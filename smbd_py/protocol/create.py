@@ -10,6 +10,7 @@ import stat as stat_mod
 import struct
 
 from ..fs import info as fsinfo
+from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from . import caching
@@ -214,7 +215,8 @@ async def handle_create(req) -> bytes:
     comps = root.split(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
     if b"ExtA" in c.contexts:
-        raise SmbError(NtStatus.EAS_NOT_SUPPORTED)
+        # Validate the EA list before touching the file system (MS-SMB2 3.3.5.9).
+        parse_full_ea_list(c.contexts[b"ExtA"])
     # The id this CREATE has in the oplock table, kept across attempts: after waiting for
     # a break the open is re-run as the same waiter (protocol.caching).
     c.cache_id = caching.new_cache_id()
@@ -351,6 +353,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         from .info import store_attributes
         # MS-FSA 2.1.5.1.1: a new non-directory file always gets FILE_ATTRIBUTE_ARCHIVE.
         await store_attributes(ctx, op, c.attributes | (0 if is_dir else A.FILE_ATTRIBUTE_ARCHIVE))
+    if b"ExtA" in c.contexts and action != A.FILE_OPENED:
+        await _apply_create_eas(ctx, op, c.contexts[b"ExtA"], replace=action != A.FILE_CREATED)
     resp_ctx = []
     if b"MxAc" in c.contexts:
         maximal = req.tree.maximal_access
@@ -360,6 +364,17 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
+
+
+async def _apply_create_eas(ctx, op: Open, raw: bytes, replace: bool) -> None:
+    """The ExtA context's EAs go on a created file; overwrite and supersede replace the
+    file's EAs with them (MS-FSA 2.1.5.1.2.1). On failure the open is undone."""
+    eas = parse_full_ea_list(raw)
+    try:
+        await ctx.run_io(replace_eas if replace else write_eas, op.fd, eas)
+    except BaseException:
+        await close_open(ctx, op)
+        raise
 
 
 def _create_response(op: Open, st, action: int, oplock: int, contexts) -> bytes:

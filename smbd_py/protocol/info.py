@@ -7,6 +7,7 @@ import os
 import stat as stat_mod
 import struct
 
+from ..fs import ea as fsea
 from ..fs import info as fsinfo
 from ..fs.info import FileInfoClass as FIC
 from ..wire import access as A
@@ -31,7 +32,11 @@ _QUERY_NEEDS = {
     FIC.FileAttributeTagInformation: A.FILE_READ_ATTRIBUTES,
     FIC.FileEaInformation: 0,
     FIC.FileStreamInformation: 0,
+    FIC.FileFullEaInformation: A.FILE_READ_EA,
 }
+# Classes whose answer includes the EA size (read from the xattrs on demand).
+_NEEDS_EA_SIZE = (FIC.FileEaInformation, FIC.FileAllInformation)
+SL_RETURN_SINGLE_ENTRY = 0x02
 _SET_NEEDS = {
     FIC.FileBasicInformation: A.FILE_WRITE_ATTRIBUTES,
     FIC.FileRenameInformation: A.DELETE,
@@ -42,6 +47,7 @@ _SET_NEEDS = {
     FIC.FilePositionInformation: 0,
     FIC.FileModeInformation: 0,
     FIC.FileLinkInformation: 0,
+    FIC.FileFullEaInformation: A.FILE_WRITE_EA,
 }
 
 
@@ -96,11 +102,29 @@ async def store_attributes(ctx, op, attrs: int) -> None:
     op.file.attributes = keep
 
 
-def _open_state(op, st) -> fsinfo.OpenState:
+def _open_state(op, st, ea_size: int = 0) -> fsinfo.OpenState:
     return fsinfo.OpenState(name=fsinfo.smb_full_name(op.file.components if op.file else op.components),
                             attributes=attributes_of(op, st),
                             delete_pending=bool(op.file and op.file.delete_pending),
-                            position=op.position, mode=op.mode, access_mask=op.granted_access)
+                            position=op.position, mode=op.mode, access_mask=op.granted_access,
+                            ea_size=ea_size)
+
+
+def _query_full_ea(eas: list, wanted: bytes, flags: int, out_len: int) -> tuple[int, bytes]:
+    """FileFullEaInformation (MS-FSA 2.1.5.12.x): the EAs named in the input
+    FILE_GET_EA_INFORMATION list (an absent one comes back with an empty value), or all
+    of them; as many whole entries as fit. Like Samba, every query starts at the first EA."""
+    if wanted:
+        by_name = {ea.name.upper(): ea for ea in eas}
+        eas = [by_name.get(n.upper(), fsea.Ea(0, n, b"")) for n in fsea.parse_get_ea_list(wanted)]
+    elif not eas:
+        raise SmbError(NtStatus.NO_EAS_ON_FILE)
+    if flags & SL_RETURN_SINGLE_ENTRY:
+        eas = eas[:1]
+    data, count = fsea.entries_that_fit(eas, out_len)
+    if count == 0:
+        raise SmbError(NtStatus.BUFFER_TOO_SMALL)
+    return (NtStatus.SUCCESS if count == len(eas) else NtStatus.BUFFER_OVERFLOW), data
 
 
 async def handle_query_info(req) -> bytes:
@@ -125,8 +149,16 @@ async def handle_query_info(req) -> bytes:
         need = _QUERY_NEEDS.get(klass, 0)
         if need and not op.granted_access & need:
             raise SmbError(NtStatus.ACCESS_DENIED)
+        if klass == FIC.FileFullEaInformation:
+            eas = await ctx.run_io(fsea.read_eas, op.fd)
+            wanted = bytes(req.raw[in_off:in_off + in_len]) if in_len else b""
+            status, data = _query_full_ea(eas, wanted, flags, out_len)
+            return _qi_response(req, status, data)
+        ea_size = 0
+        if klass in _NEEDS_EA_SIZE:
+            ea_size = fsea.ea_size(await ctx.run_io(fsea.read_eas, op.fd))
         st = await ctx.run_io(os.fstat, op.fd)
-        buf = fsinfo.query_file_info(klass, st, _open_state(op, st))
+        buf = fsinfo.query_file_info(klass, st, _open_state(op, st, ea_size))
         status, data = fsinfo.fit_file_info(klass, buf, out_len)
     elif info_type == INFO_FILESYSTEM:
         vfs = await ctx.run_io(os.fstatvfs, op.fd)

@@ -25,8 +25,12 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
             pass
         else:
             raise SmbError(NtStatus.ACCESS_DENIED)
-    value = fsinfo.decode_set_info(klass, buf)
     ctx = req.conn.server
+    if klass == FIC.FileFullEaInformation:
+        from ..fs import ea as fsea
+        await ctx.run_io(fsea.write_eas, op.fd, fsea.parse_full_ea_list(buf))
+        return
+    value = fsinfo.decode_set_info(klass, buf)
     if klass == FIC.FileBasicInformation:
         await _set_basic(ctx, op, value)
     elif klass == FIC.FileEndOfFileInformation:

@@ -181,8 +181,11 @@ def test_fs_classes(files):
     assert len(info.query_fs_info(FSC.FileFsObjectIdInformation, vfs)) == 64
     sec = struct.unpack("<7I", info.query_fs_info(FSC.FileFsSectorSizeInformation, vfs))
     assert sec[:4] == (512, 512, 512, 512)
+    # quotas off: thresholds/limits "none", control flags 0 (MS-FSCC 2.5.2)
+    ctl = info.query_fs_info(FSC.FileFsControlInformation, vfs)
+    assert struct.unpack("<qqqQQI4x", ctl) == (0, 0, 0, 2**64 - 1, 2**64 - 1, 0)
     with pytest.raises(SmbError) as ei:
-        info.query_fs_info(FSC.FileFsControlInformation, vfs)
+        info.query_fs_info(FSC.FileFsDriverPathInformation, vfs)
     assert ei.value.status == NtStatus.INVALID_INFO_CLASS
 
 
@@ -198,11 +201,18 @@ def test_fit_rules(files):
     assert info.fit_file_info(FIC.FileAllInformation, allb, 4096) == (NtStatus.SUCCESS, allb)
     assert info.fit_file_info(FIC.FileBasicInformation, basic, 8) == (NtStatus.INFO_LENGTH_MISMATCH, b"")
     # FileStreamInformation of a directory is empty; the minimum length still applies
-    assert info.fit_file_info(FIC.FileStreamInformation, b"", 24) == (NtStatus.SUCCESS, b"")
-    assert info.fit_file_info(FIC.FileStreamInformation, b"", 0)[0] == NtStatus.INFO_LENGTH_MISMATCH
+    # (Windows' minimum is sizeof(FILE_STREAM_INFORMATION) = 32)
+    assert info.fit_file_info(FIC.FileStreamInformation, b"", 32) == (NtStatus.SUCCESS, b"")
+    assert info.fit_file_info(FIC.FileStreamInformation, b"", 31)[0] == NtStatus.INFO_LENGTH_MISMATCH
+    # FileAllInformation: 103 is below sizeof(FILE_ALL_INFORMATION), so no partial answer
+    assert info.fit_file_info(FIC.FileAllInformation, allb, 103) == (NtStatus.INFO_LENGTH_MISMATCH, b"")
     at = info.encode_fs_attribute()
-    st2, out = info.fit_fs_info(FSC.FileFsAttributeInformation, at, 14)
-    assert st2 == NtStatus.BUFFER_OVERFLOW and len(out) == 14
+    st2, out = info.fit_fs_info(FSC.FileFsAttributeInformation, at, 16)
+    assert st2 == NtStatus.BUFFER_OVERFLOW and len(out) == 16
+    assert info.fit_fs_info(FSC.FileFsAttributeInformation, at, 15) == (NtStatus.INFO_LENGTH_MISMATCH, b"")
+    vol = info.encode_fs_volume("share", 1)
+    assert info.fit_fs_info(FSC.FileFsVolumeInformation, vol, 23) == (NtStatus.INFO_LENGTH_MISMATCH, b"")
+    assert info.fit_fs_info(FSC.FileFsVolumeInformation, vol, 24)[0] == NtStatus.BUFFER_OVERFLOW
     assert info.fit(at, 10, 12) == (NtStatus.INFO_LENGTH_MISMATCH, b"")
 
 
