@@ -44,8 +44,7 @@ async def handle_session_setup(req) -> bytes:
     if size != 25:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if flags & SESSION_FLAG_BINDING:
-        # Multichannel is not offered, so there is nothing to bind to.
-        raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED)
+        _refuse_binding(req)
     raw = req.raw
     if sb_len and (sb_off < 64 + 24 or sb_off + sb_len > len(raw)):
         raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -60,6 +59,9 @@ async def handle_session_setup(req) -> bytes:
     else:
         sess = conn.sessions.get(sid)
         if sess is None:
+            # A session of another connection: the error is signed with its key when the
+            # request was (clients check the SIGNED flag before they believe the status).
+            _sign_with_foreign_session(req, sid)
             raise SmbError(NtStatus.USER_SESSION_DELETED)
         if sess.state == "valid" and sess.auth is None and conn.dialect == 0x0311:
             # Re-authentication does not touch the keys; the preauth hash is unused.
@@ -107,6 +109,52 @@ async def handle_session_setup(req) -> bytes:
     log.info("session %#x: %s logged on from %s", sess.session_id,
              "anonymous" if sess.anonymous else (sess.user + (" (guest)" if sess.guest else "")), conn.peer)
     return _response(_session_flags(sess), out)
+
+
+def find_global_session(ctx, session_id: int):
+    """MS-SMB2 GlobalSessionTable lookup: the session with this id on any connection."""
+    for c in list(ctx.connections):
+        sess = c.sessions.get(session_id)
+        if sess is not None and sess.state == "valid":
+            return sess
+    return None
+
+
+def _sign_with_foreign_session(req, session_id: int) -> bool:
+    """If the request is signed by a valid session of another connection, make the error
+    response signed by that session too (its key and algorithm: Samba and Windows do
+    so, and a client that requires signing reports ACCESS_DENIED for anything else)."""
+    from ..wire.header import Flags
+    if not req.hdr.flags & Flags.SIGNED:
+        return False
+    sess = find_global_session(req.conn.server, session_id)
+    if sess is None or sess.signer is None:
+        return False
+    if not sess.signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
+                              is_cancel=False):
+        raise SmbError(NtStatus.ACCESS_DENIED)
+    req.session = sess
+    req.was_signed = True
+    return True
+
+
+def _refuse_binding(req) -> None:
+    """SMB2_SESSION_FLAG_BINDING: this server is not multichannel capable, so a bind is
+    refused as Windows and Samba without multichannel refuse it (MS-SMB2 3.3.5.5:
+    STATUS_REQUEST_NOT_ACCEPTED), after the global session lookup that decides the
+    status of an unknown session and the key that signs the refusal."""
+    sid = req.hdr.session_id
+    if sid == 0:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if req.conn.sessions.get(sid) is None and find_global_session(req.conn.server, sid) is None:
+        raise SmbError(NtStatus.USER_SESSION_DELETED)
+    local = req.conn.sessions.get(sid)
+    if local is not None and local.state == "valid" and local.signer is not None:
+        req.session = local
+        req.was_signed = bool(req.hdr.flags & 0x8)
+    else:
+        _sign_with_foreign_session(req, sid)
+    raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED)
 
 
 def _session_flags(sess: Session) -> int:
