@@ -1,7 +1,10 @@
 """QUERY_DIRECTORY (MS-SMB2 3.3.5.18): streaming enumeration with patterns, restart,
-reopen and single-entry flags; CHANGE_NOTIFY is answered NOT_SUPPORTED for now."""
+reopen and single-entry flags; CHANGE_NOTIFY (3.3.5.19) as a pending, cancellable request
+that ends on CANCEL (CANCELLED) or on close of the handle (NOTIFY_CLEANUP). Change events
+themselves are not reported yet (no inotify watch behind it)."""
 from __future__ import annotations
 
+import asyncio
 import struct
 
 from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
@@ -10,6 +13,7 @@ from .create import lookup_open
 
 QD_REQ = struct.Struct("<HBBI16sHHI")     # 32 bytes
 QD_RESP = struct.Struct("<HHI")
+CN_REQ = struct.Struct("<HHI16sII")       # 32 bytes
 RESTART_SCANS = 0x01
 RETURN_SINGLE_ENTRY = 0x02
 INDEX_SPECIFIED = 0x04
@@ -64,6 +68,41 @@ async def handle_query_directory(req) -> bytes:
     return QD_RESP.pack(9, 64 + 8, len(buf)) + buf
 
 
+class NotifyWaiters:
+    """The CHANGE_NOTIFY requests pending on one directory handle (Open.notify)."""
+
+    __slots__ = ("requests",)
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def cancel(self, status: int) -> None:
+        for r in list(self.requests):
+            r.cancel(status)
+
+
 async def handle_change_notify(req) -> bytes:
-    lookup_open(req, bytes(req.body[8:24]))
-    raise SmbError(NtStatus.NOT_SUPPORTED)
+    body = req.body
+    if len(body) < CN_REQ.size:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    size, _flags, out_len, raw_fid, completion_filter, _r = CN_REQ.unpack_from(body)
+    if size != 32:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    op = lookup_open(req, raw_fid)
+    if not op.is_dir or out_len > req.conn.max_transact:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if op.notify is None:
+        op.notify = NotifyWaiters()
+    waiters = op.notify
+    waiters.requests.append(req)
+    try:
+        # MS-SMB2 3.3.5.19: the request stays pending; answer STATUS_PENDING at once.
+        await req.go_async()
+        never = asyncio.get_running_loop().create_future()
+        await req.wait(never)
+    finally:
+        try:
+            waiters.requests.remove(req)
+        except ValueError:
+            pass
+    raise SmbError(NtStatus.NOTIFY_ENUM_DIR)
