@@ -29,6 +29,7 @@ SMB2_CREATE_FLAG_REPARSEPOINT = 0x01
 OPLOCK_NONE = 0x00
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK
+_FILE_CREATE_TREE_CONNECTION = 0x00000080
 
 
 class CreateRequest:
@@ -49,7 +50,8 @@ def parse_contexts(raw, offset: int, length: int) -> dict[bytes, bytes]:
         if pos + 16 > end:
             raise SmbError(NtStatus.INVALID_PARAMETER)
         nxt, name_off, name_len, _r, data_off, data_len = CTX_HDR.unpack_from(raw, pos)
-        if (name_len == 0 or pos + name_off + name_len > end
+        # Windows refuses names shorter than 4 bytes (smb2.create.blob "bad tag length").
+        if (name_len < 4 or pos + name_off + name_len > end
                 or (data_len and pos + data_off + data_len > end)):
             raise SmbError(NtStatus.INVALID_PARAMETER)
         name = bytes(raw[pos + name_off:pos + name_off + name_len])
@@ -102,7 +104,9 @@ def _parse(req) -> CreateRequest:
     # Validation in the order Windows applies it (smbtorture smb2.create.gentest/blob).
     if imp > 3:
         raise SmbError(NtStatus.BAD_IMPERSONATION_LEVEL)
-    if options & A.FILE_RESERVE_OPFILTER:
+    # Windows (and Samba) refuse these three with NOT_SUPPORTED (smb2.create.gentest);
+    # we have no open-by-id, no tree-connection opens, no filter oplocks.
+    if options & (A.FILE_RESERVE_OPFILTER | A.FILE_OPEN_BY_FILE_ID | _FILE_CREATE_TREE_CONNECTION):
         raise SmbError(NtStatus.NOT_SUPPORTED)
     if options & ~A.CREATE_OPTIONS_VALID:
         raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -110,7 +114,9 @@ def _parse(req) -> CreateRequest:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if disp > A.FILE_OVERWRITE_IF:
         raise SmbError(NtStatus.INVALID_PARAMETER)
-    if access & A.ACCESS_MASK_INVALID or access == 0:
+    # An empty mask, or SYNCHRONIZE alone, is refused by Windows Server 2008 and later
+    # and by Samba (smb2.create.gentest's default access_mask 0x0df0fe00).
+    if access & A.ACCESS_MASK_INVALID or not access & ~A.SYNCHRONIZE:
         raise SmbError(NtStatus.ACCESS_DENIED)
     if attrs & ~A.FILE_ATTRIBUTE_VALID_FLAGS:
         raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -217,6 +223,14 @@ async def handle_create(req) -> bytes:
     if b"ExtA" in c.contexts:
         # Validate the EA list before touching the file system (MS-SMB2 3.3.5.9).
         parse_full_ea_list(c.contexts[b"ExtA"])
+    if b"AlSi" in c.contexts and len(c.contexts[b"AlSi"]) != 8:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if b"TWrp" in c.contexts:
+        if len(c.contexts[b"TWrp"]) != 8:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        # A previous version of the file: we keep none (FSCTL_SRV_ENUMERATE_SNAPSHOTS
+        # lists no snapshots), so there is no such object.
+        raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no previous versions")
     # The id this CREATE has in the oplock table, kept across attempts: after waiting for
     # a break the open is re-run as the same waiter (protocol.caching).
     c.cache_id = caching.new_cache_id()
@@ -355,6 +369,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         await store_attributes(ctx, op, c.attributes | (0 if is_dir else A.FILE_ATTRIBUTE_ARCHIVE))
     if b"ExtA" in c.contexts and action != A.FILE_OPENED:
         await _apply_create_eas(ctx, op, c.contexts[b"ExtA"], replace=action != A.FILE_CREATED)
+    if b"AlSi" in c.contexts and action != A.FILE_OPENED and not is_dir:
+        # SMB2_CREATE_ALLOCATION_SIZE: reserve the space, keep EndOfFile (MS-FSA 2.1.5.1).
+        st = await ctx.run_io(_preallocate, op.fd, struct.unpack("<Q", c.contexts[b"AlSi"])[0])
     resp_ctx = []
     if b"MxAc" in c.contexts:
         maximal = req.tree.maximal_access
@@ -364,6 +381,24 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
+
+
+def _preallocate(fd: int, size: int):
+    """fallocate(FALLOC_FL_KEEP_SIZE); the allocation is a hint, so a file system that
+    cannot do it just keeps what it has. Returns the new stat. Runs in the I/O pool."""
+    global _fallocate
+    if size > 0:
+        if _fallocate is None:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            _fallocate = libc.fallocate
+            _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, min(size, 1 << 62))
+    return os.fstat(fd)
+
+
+_fallocate = None
+_FALLOC_FL_KEEP_SIZE = 0x01
 
 
 async def _apply_create_eas(ctx, op: Open, raw: bytes, replace: bool) -> None:

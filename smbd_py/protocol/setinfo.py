@@ -81,6 +81,9 @@ async def _set_basic(ctx, op, v) -> None:
             raise SmbError(NtStatus.INVALID_PARAMETER)
         if attrs & A.FILE_ATTRIBUTE_DIRECTORY and not op.is_dir:
             raise SmbError(NtStatus.INVALID_PARAMETER)
+        # MS-FSA 2.1.5.14.2: a directory cannot be made temporary.
+        if attrs & A.FILE_ATTRIBUTE_TEMPORARY and op.is_dir:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
         if op.tree.share.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
         await store_attributes(ctx, op, attrs)
