@@ -159,6 +159,8 @@ class Connection:
                 end = total
             req = Request(self, hdr, mv[offset + HEADER_SIZE:end], mv[offset:end])
             req.in_compound = offset != 0 or hdr.next_command != 0
+            req.last_in_chain = not hdr.next_command
+            req.chain_responses = responses
             req.related = bool(hdr.flags & Flags.RELATED_OPERATIONS)
             req.encrypted_by = encrypted_session
             body = await self._process(req, prev, first=(offset == 0))
@@ -291,6 +293,13 @@ class Connection:
 
     # ---- async and cancel -------------------------------------------------------------
     def send_interim(self, req: Request) -> None:
+        pending = req.chain_responses
+        if pending:
+            # The chain's end may be far away (a CHANGE_NOTIFY last in a compound): the
+            # responses of the requests before this one go out now, ahead of its interim.
+            items = list(pending)
+            pending.clear()
+            self._send_responses(items)
         aid = self.next_async_id
         self.next_async_id += 1
         req.async_id = aid

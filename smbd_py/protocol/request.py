@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..wire.header import Header, RELATED_FILE_ID
+from ..wire.header import Command, Header, RELATED_FILE_ID
 from ..wire.status import NtStatus, SmbError
 
 
@@ -12,7 +12,8 @@ class Request:
     __slots__ = ("conn", "hdr", "body", "raw", "session", "tree", "status", "async_id",
                  "interim_sent", "cancel_future", "was_signed", "credits_granted",
                  "in_compound", "related", "out_file_id", "error_data", "send_immediately",
-                 "unsigned_response", "disconnect_after", "task", "prev_status", "encrypted_by")
+                 "unsigned_response", "disconnect_after", "task", "prev_status", "encrypted_by",
+                 "last_in_chain", "chain_responses")
 
     def __init__(self, conn: Any, hdr: Header, body: memoryview, raw: memoryview) -> None:
         self.conn = conn
@@ -38,10 +39,20 @@ class Request:
         # The session whose key decrypted this request (it came in a TRANSFORM_HEADER):
         # its responses are encrypted with that session's key and are not signed.
         self.encrypted_by: Any = None
+        self.last_in_chain = True  # NextCommand == 0 (set by the connection)
+        # Responses of earlier requests of the same compound not sent yet (a shared list).
+        self.chain_responses: list | None = None
 
     async def go_async(self) -> None:
         """Send the interim STATUS_PENDING response now (MS-SMB2 3.3.4.2); the final response
-        follows as an async response. Idempotent."""
+        follows as an async response. Idempotent.
+
+        In the middle of a compound chain only CREATE may go async (it waits for breaks,
+        which end); anything else fails with STATUS_INTERNAL_ERROR so the rest of the
+        chain is answered, as Windows does (MS-SMB2 3.3.5.2.7 <262>, smbtorture
+        smb2.compound.interim2; Samba does the same)."""
+        if self.in_compound and not self.last_in_chain and self.hdr.command != Command.CREATE:
+            raise SmbError(NtStatus.INTERNAL_ERROR)
         if not self.interim_sent:
             self.conn.send_interim(self)
 
