@@ -14,7 +14,7 @@ from smbd_py.wire.status import NtStatus, SmbError
 
 __all__ = [
     "build_sd", "parse_sd", "ParsedSD", "Ace", "sid_to_bytes", "sid_from_bytes",
-    "uid_to_sid", "gid_to_sid", "mode_to_mask", "posix_access_mask",
+    "uid_to_sid", "gid_to_sid", "mode_to_mask", "posix_access_mask", "dacl_to_mode",
     "OWNER_SECURITY_INFORMATION", "GROUP_SECURITY_INFORMATION",
     "DACL_SECURITY_INFORMATION", "SACL_SECURITY_INFORMATION",
 ]
@@ -270,3 +270,50 @@ def parse_sd(buf) -> ParsedSD:
     dacl = _parse_acl(buf, o_dacl) if (control & SE_DACL_PRESENT and o_dacl) else None
     sacl = _parse_acl(buf, o_sacl) if (control & SE_SACL_PRESENT and o_sacl) else None
     return ParsedSD(control, owner, group, dacl, sacl)
+
+
+# ---------------------------------------------------------------------------
+# DACL -> mode bits (SET_INFO security, e.g. the Linux cifs client's chmod with
+# cifsacl): the inverse of build_sd, class by class, as the cifs client reads it back.
+
+GENERIC_ALL = 0x10000000
+GENERIC_EXECUTE = 0x20000000
+GENERIC_WRITE = 0x40000000
+GENERIC_READ = 0x80000000
+INHERIT_ONLY_ACE = 0x08
+
+
+def _mask_to_rwx(mask: int) -> int:
+    if mask & GENERIC_ALL:
+        return 7
+    rwx = 0
+    if mask & (FILE_READ_DATA | GENERIC_READ):
+        rwx |= 4
+    if mask & (FILE_WRITE_DATA | GENERIC_WRITE):
+        rwx |= 2
+    if mask & (FILE_EXECUTE | GENERIC_EXECUTE):
+        rwx |= 1
+    return rwx
+
+
+def dacl_to_mode(dacl: list[Ace], owner_sid: str, group_sid: str) -> int:
+    """The 0o777 permission bits a DACL gives the file's owner, group and Everyone.
+
+    Each class reads only the ACEs naming its own SID (Everyone stands for "other"),
+    which is how build_sd writes them and how the Linux cifs client maps them back.
+    ACEs are evaluated in order, so a deny before an allow takes the bits away;
+    inherit-only ACEs do not apply to the object itself.
+    """
+    mode = 0
+    for shift, sid in ((6, owner_sid), (3, group_sid), (0, SID_EVERYONE)):
+        allowed = denied = 0
+        for ace in dacl:
+            if ace.sid != sid or ace.flags & INHERIT_ONLY_ACE:
+                continue
+            bits = _mask_to_rwx(ace.mask)
+            if ace.ace_type == ACCESS_ALLOWED_ACE_TYPE:
+                allowed |= bits & ~denied
+            elif ace.ace_type == ACCESS_DENIED_ACE_TYPE:
+                denied |= bits & ~allowed
+        mode |= allowed << shift
+    return mode

@@ -186,6 +186,21 @@ async def handle_query_info(req) -> bytes:
     return _qi_response(req, status, data)
 
 
+def _chmod_from_dacl(fd: int, dacl) -> None:
+    from ..fs import secdesc
+    st = os.fstat(fd)
+    if dacl is None:
+        perms = 0o777  # a NULL DACL grants everyone everything (MS-DTYP 2.4.6)
+    else:
+        perms = secdesc.dacl_to_mode(dacl, secdesc.uid_to_sid(st.st_uid), secdesc.gid_to_sid(st.st_gid))
+    mode = (st.st_mode & 0o7000) | perms
+    if mode != stat_mod.S_IMODE(st.st_mode):
+        try:
+            os.chmod(_fd_path(fd), mode)
+        except PermissionError:
+            raise SmbError(NtStatus.ACCESS_DENIED) from None
+
+
 def _qi_response(req, status: int, data: bytes) -> bytes:
     req.status = status
     return QI_RESP.pack(9, 64 + 8, len(data)) + (data or b"\0")
@@ -214,14 +229,21 @@ async def handle_set_info(req) -> bytes:
     elif info_type == INFO_SECURITY:
         if not op.granted_access & (A.WRITE_DAC | A.WRITE_OWNER):
             raise SmbError(NtStatus.ACCESS_DENIED)
-        from ..fs.secdesc import parse_sd
+        from ..fs import secdesc
         try:
-            parse_sd(buf)
+            sd = secdesc.parse_sd(buf)
         except SmbError:
             raise
         except Exception:
             raise SmbError(NtStatus.INVALID_PARAMETER) from None
-        # Permissions stay POSIX: a well-formed descriptor is accepted and the mode kept.
+        # Permissions stay POSIX: owner and group are kept, a DACL becomes the rwx bits
+        # (what a client reads back next), so a cifsacl chmod is not silently lost.
+        if add_info & secdesc.DACL_SECURITY_INFORMATION and sd.control & secdesc.SE_DACL_PRESENT:
+            if not op.granted_access & A.WRITE_DAC:
+                raise SmbError(NtStatus.ACCESS_DENIED)
+            if op.tree.share.read_only:
+                raise SmbError(NtStatus.ACCESS_DENIED)
+            await ctx.run_io(_chmod_from_dacl, op.fd, sd.dacl)
     elif info_type == INFO_QUOTA:
         raise SmbError(NtStatus.NOT_SUPPORTED)
     else:
