@@ -34,13 +34,13 @@ def _response(flags: int, blob: bytes) -> bytes:
 
 async def handle_session_setup(req) -> bytes:
     from ..security.spnego import SessionAuth
-    from ..security.ntlm import LogonFailure
+    from ..security.ntlm import InvalidToken, LogonFailure
     conn = req.conn
     ctx = conn.server
     body = req.body
     if len(body) < SS_REQ.size:
         raise SmbError(NtStatus.INVALID_PARAMETER)
-    size, flags, sec_mode, caps, _chan, sb_off, sb_len, _prev = SS_REQ.unpack_from(body)
+    size, flags, sec_mode, caps, _chan, sb_off, sb_len, prev_sid = SS_REQ.unpack_from(body)
     if size != 25:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if flags & SESSION_FLAG_BINDING:
@@ -78,12 +78,20 @@ async def handle_session_setup(req) -> bytes:
                                 domain=ctx.config.workgroup, guest_ok=ctx.guest_allowed)
     try:
         more, out, result = sess.auth.step(token)
-    except LogonFailure:
+    except LogonFailure as e:
         sess.auth = None
         if sess.state != "valid":
             conn.sessions.pop(sess.session_id, None)
             req.session = None
-        raise SmbError(NtStatus.LOGON_FAILURE)
+        else:
+            # A failed re-authentication ends the session (Samba smb2srv_session_shutdown;
+            # smbtorture smb2.session.reauth6); req.session stays set so that this error
+            # is still signed with its key.
+            _end_session(conn, sess)
+        # Malformed SPNEGO/NTLMSSP input is INVALID_PARAMETER as in Samba's gensec
+        # (smb2.session.ntlmssp_bug14932); bad credentials are LOGON_FAILURE.
+        raise SmbError(NtStatus.INVALID_PARAMETER if isinstance(e, InvalidToken)
+                       else NtStatus.LOGON_FAILURE)
     except Exception as e:
         log.info("malformed SESSION_SETUP token: %s", e)
         sess.auth = None
@@ -97,18 +105,34 @@ async def handle_session_setup(req) -> bytes:
     sess.auth = None
     reauth = sess.state == "valid"
     if reauth:
-        if result.user.casefold() != sess.user.casefold() and not (result.anonymous and sess.anonymous):
-            # Re-authentication as somebody else is refused (MS-SMB2 3.3.5.5.3).
-            raise SmbError(NtStatus.ACCESS_DENIED)
+        # Re-authentication (MS-SMB2 3.3.5.5.3) replaces the session's identity, also by
+        # another user or anonymous (Windows and Samba accept it; smbtorture
+        # smb2.session.reauth2-5); the keys of the session stay those of its first logon,
+        # and its opens stay usable.
+        if result.user.casefold() != sess.user.casefold() or result.anonymous != sess.anonymous:
+            log.info("session %#x re-authenticated as %s", sess.session_id,
+                     "anonymous" if result.anonymous else result.user)
+        sess.user, sess.domain = result.user, result.domain
+        sess.anonymous, sess.guest = result.anonymous, result.guest
         return _response(_session_flags(sess), out)
     sess.user, sess.domain = result.user, result.domain
     sess.anonymous, sess.guest = result.anonymous, result.guest
     if not (sess.anonymous or sess.guest):
         _setup_keys(conn, sess, result.session_base_key, sec_mode)
     sess.state = "valid"
+    if prev_sid and prev_sid != sess.session_id and not sess.anonymous:
+        _close_previous_session(ctx, sess, prev_sid)
     log.info("session %#x: %s logged on from %s", sess.session_id,
              "anonymous" if sess.anonymous else (sess.user + (" (guest)" if sess.guest else "")), conn.peer)
     return _response(_session_flags(sess), out)
+
+
+def _end_session(conn, sess: Session) -> None:
+    """Tear a session down: its opens close, its id is unknown from now on."""
+    conn.server.session_gone(sess)
+    if sess.conn is not None:
+        sess.conn.sessions.pop(sess.session_id, None)
+    conn.sessions.pop(sess.session_id, None)
 
 
 def find_global_session(ctx, session_id: int):
@@ -136,6 +160,20 @@ def _sign_with_foreign_session(req, session_id: int) -> bool:
     req.session = sess
     req.was_signed = True
     return True
+
+
+def _close_previous_session(ctx, sess: Session, prev_sid: int) -> None:
+    """MS-SMB2 3.3.5.5.3: PreviousSessionId names the session this client had before a
+    reconnect; when it belongs to the same user it is torn down with its opens (they
+    will not come back on that session: smbtorture smb2.session.reconnect1/2)."""
+    for c in list(ctx.connections):
+        old = c.sessions.get(prev_sid)
+        if old is None or old is sess:
+            continue
+        if old.state == "valid" and old.user.casefold() != sess.user.casefold():
+            continue
+        log.info("session %#x replaces previous session %#x", sess.session_id, prev_sid)
+        _end_session(c, old)
 
 
 def _refuse_binding(req) -> None:
