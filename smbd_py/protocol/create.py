@@ -114,9 +114,9 @@ def _parse(req) -> CreateRequest:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if disp > A.FILE_OVERWRITE_IF:
         raise SmbError(NtStatus.INVALID_PARAMETER)
-    # An empty mask, or SYNCHRONIZE alone, is refused by Windows Server 2008 and later
-    # and by Samba (smb2.create.gentest's default access_mask 0x0df0fe00).
-    if access & A.ACCESS_MASK_INVALID or not access & ~A.SYNCHRONIZE:
+    # An empty mask is refused. SYNCHRONIZE alone is granted, as Windows 7 and Samba do
+    # (smb2.getinfo.getinfo_access opens with it; gentest's Windows 2008 mask says otherwise).
+    if access & A.ACCESS_MASK_INVALID or access == 0:
         raise SmbError(NtStatus.ACCESS_DENIED)
     if attrs & ~A.FILE_ATTRIBUTE_VALID_FLAGS:
         raise SmbError(NtStatus.INVALID_PARAMETER)
