@@ -191,6 +191,12 @@ class Connection:
         if not self.negotiated and cmd != Command.NEGOTIATE:
             raise Disconnect("request before NEGOTIATE")
         if req.related and prev is not None:
+            if (prev.session is None and cmd not in NO_SESSION_COMMANDS
+                    and prev.hdr.command not in NO_SESSION_COMMANDS):
+                # The previous request found no session: a related request has none to
+                # inherit (MS-SMB2 3.3.5.2.7.2; Windows and Samba answer
+                # INVALID_PARAMETER, smbtorture smb2.compound.invalid2).
+                return self._error(req, NtStatus.INVALID_PARAMETER)
             if hdr.session_id == 0xFFFFFFFFFFFFFFFF:
                 hdr.session_id = prev.hdr.session_id
             if hdr.tree_id == 0xFFFFFFFF:
