@@ -53,16 +53,29 @@ def ratio(spec: Spec, row: dict[str, Cell]) -> dict[str, float | None]:
 def fmt_ratio(r: float | None, row: dict[str, Cell], s: str) -> str:
     if r is not None:
         return f"{r:.2f}"
-    theirs = row.get(s)
-    if theirs is not None and not theirs.comparable:
-        return "n/a (Samba: no break)"
-    return "n/a"
+    ours, theirs = row.get(SMBD_PY), row.get(s)
+    why = []
+    if ours is not None and ours.median is not None and not ours.comparable:
+        why.append("smbd_py: no break")
+    if theirs is not None and theirs.median is not None and not theirs.comparable:
+        why.append("Samba: no break")
+    return f"n/a ({', '.join(why)})" if why else "n/a"
 
 
-def verdict(spec: Spec, ratios: dict[str, float | None]) -> str:
+def verdict(spec: Spec, ratios: dict[str, float | None], row: dict[str, Cell]) -> str:
     if spec.target is None:
         return ""
     op, bound = spec.target[:2], float(spec.target[2:])
+    ours = row.get(SMBD_PY)
+    if ours is not None and ours.na:
+        return f"not evaluated: smbd_py {ours.na}"
+    if ours is not None and ours.median is not None and not ours.comparable:
+        broke = [LABELS[s] for s in SAMBAS
+                 if (c := row.get(s)) is not None and c.median is not None and c.comparable]
+        if broke:
+            return (f"MISSED: smbd_py granted but sent no break (grant not backed by a kernel "
+                    f"lease), while {', '.join(broke)} did")
+        return "not evaluated: no server sent a break"
     parts = []
     for s in SAMBAS:
         r = ratios.get(s)
@@ -93,7 +106,7 @@ def table(specs: list[Spec], rows: dict[str, dict[str, Cell]]) -> str:
                  fmt_cell(row.get(SAMBA_KO_NO)),
                  fmt_ratio(rs[SAMBA_KO_YES], row, SAMBA_KO_YES),
                  fmt_ratio(rs[SAMBA_KO_NO], row, SAMBA_KO_NO),
-                 f"ratio {spec.target}" if spec.target else "-", verdict(spec, rs)]
+                 f"ratio {spec.target}" if spec.target else "-", verdict(spec, rs, row)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
