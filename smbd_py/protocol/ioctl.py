@@ -90,10 +90,22 @@ async def handle_ioctl(req) -> bytes:
         return _response(ctl, op.file_id, struct.pack("<III", 0, 0, 2) + b"\0\0" + b"\0" * 2)
     if ctl == FSCTL_GET_REPARSE_POINT:
         raise SmbError(NtStatus.NOT_A_REPARSE_POINT)
+    if ctl in (FSCTL_CREATE_OR_GET_OBJECT_ID, FSCTL_GET_OBJECT_ID):
+        return _object_id(op, ctl, max_out)
     if ctl in (FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA, FSCTL_SET_COMPRESSION):
         raise SmbError(NtStatus.NOT_SUPPORTED)
     # Any other FSCTL: the object store does not implement it (MS-SMB2 3.3.5.15).
     raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
+
+
+def _object_id(op, ctl: int, max_out: int) -> bytes:
+    """FILE_OBJECTID_BUFFER (MS-FSCC 2.1.3.1, 64 bytes): an ObjectId that is stable for the
+    inode, as Samba derives it from the file id (st_dev, st_ino); no birth/domain ids."""
+    if max_out < 64:
+        raise SmbError(NtStatus.BUFFER_TOO_SMALL)
+    dev, ino = op.file_key if op.file_key is not None else (0, 0)
+    object_id = struct.pack("<QQ", ino & 0xFFFFFFFFFFFFFFFF, dev & 0xFFFFFFFFFFFFFFFF)
+    return _response(ctl, op.file_id, object_id + b"\0" * 48)
 
 
 def _validate_negotiate(req, data: bytes, max_out: int) -> bytes:
