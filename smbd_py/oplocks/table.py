@@ -427,7 +427,8 @@ class LeaseTable:
             return AckResult(NtStatus.OBJECT_NAME_NOT_FOUND)
         if not lease.breaking:
             return AckResult(NtStatus.UNSUCCESSFUL)
-        if state & ~lease.breaking_to_requested:
+        if state & ~lease.breaking_to_requested or (state and not state & LEASE_R):
+            # Not a subset of the break, or not a lease state at all (W or H without R).
             return AckResult(NtStatus.REQUEST_NOT_ACCEPTED)
         lease.state = state
         if state & ~lease.breaking_to_required:
