@@ -1,14 +1,17 @@
 """Oplock glue between the SMB layer and the pure oplock/lease table (oplocks.table).
 
 Owns the server's one LeaseTable: asks it for a grant on every CREATE (waiting, async,
-while holders acknowledge breaks), tells it about closes, writes and acks, carries out
-the actions it returns (OPLOCK_BREAK notifications, resuming waiting opens) and runs
-its break timeouts on the event loop clock.
+while holders acknowledge breaks), tells it about closes, writes, renames, deletes and
+acks, carries out the actions it returns (oplock and lease break notifications, resuming
+waiting operations) and runs its break timeouts on the event loop clock (loop.call_at on
+the table's next deadline; the table's clock is loop.time()).
 
-Not wired yet (kept out on purpose, each has its hook here): SMB2.1/3 leases (the
-negotiate flag LEASING_SUPPORTED stays off, lease create contexts are ignored, so the
-table only ever sees oplock requests) and kernel-lease backing (CachingChanged /
-KernelBreakDone actions and `cap` are where oplocks.kernel.KernelLeases plugs in).
+Leases: protocol.leases translates the RqLs create contexts, lease break notifications
+and lease acks; this module feeds them to the table.
+
+Not wired yet (kept out on purpose, each has its hook here): kernel-lease backing
+(CachingChanged / KernelBreakDone actions and `cap` are where oplocks.kernel.KernelLeases
+plugs in).
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ import struct
 from typing import Any
 
 from ..oplocks.table import LeaseTable
-from ..oplocks.types import (LEASE_RWH, OPLOCK_LEASE, OPLOCK_NONE, OpenRequest, Resume,
+from ..oplocks.types import (LEASE_RWH, OPLOCK_LEASE, OpenRequest, Resume,
                              SendLeaseBreak, SendOplockBreak)
 from ..wire.status import NtStatus, SmbError
+from . import leases
 
 log = logging.getLogger("smbd_py.caching")
 
@@ -55,7 +59,9 @@ class Caching:
                 if fut is not None and not fut.done():
                     fut.set_result(None)
             elif isinstance(a, SendLeaseBreak):
-                log.warning("lease break requested but leases are not wired: %r", a)
+                log.debug("lease break %s: %#x -> %#x epoch %d ack %s", a.lease_key.hex(),
+                          a.current_state, a.new_state, a.new_epoch, a.ack_required)
+                leases.send_lease_break(a)
             # CachingChanged / KernelBreakDone: the kernel-lease adapter's hooks (not wired).
         self._arm_timer()
 
@@ -102,10 +108,10 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
     because holders were broken and have now answered (the request went async)."""
     cache = caching_of(req.conn.server)
     conn = req.conn
-    level = c.oplock if c.oplock != OPLOCK_LEASE else OPLOCK_NONE
+    lease = leases.parse_lease_context(c.contexts) if c.oplock == OPLOCK_LEASE else None
     res = cache.table.open(OpenRequest(
         open_id=cache_id, file_key=file_key, owner_id=conn, client_guid=conn.client_guid,
-        dialect=conn.dialect, oplock_level=level, access_mask=access,
+        dialect=conn.dialect, oplock_level=c.oplock, lease=lease, access_mask=access,
         create_disposition=c.disposition, is_directory=is_dir,
         sharing_violation=sharing_violation, has_brlocks=has_brlocks, cap=LEASE_RWH,
         first_attempt=first_attempt), cache.now())
@@ -179,3 +185,15 @@ async def handle_oplock_ack(req, op, level: int) -> bytes:
     if res.status != NtStatus.SUCCESS:
         raise SmbError(res.status)
     return OPLOCK_BREAK_BODY.pack(24, res.level, 0, 0, op.file_id)
+
+
+async def handle_lease_ack(req) -> bytes:
+    """LEASE_BREAK acknowledgment (MS-SMB2 3.3.5.22.2): the lease is named by the
+    connection's ClientGuid and the LeaseKey."""
+    key, state = leases.parse_lease_ack(req.body)
+    cache = caching_of(req.conn.server)
+    res = cache.table.ack_lease(req.conn.client_guid, key, state, cache.now())
+    cache.run(res.actions)
+    if res.status != NtStatus.SUCCESS:
+        raise SmbError(res.status)
+    return leases.lease_ack_response(key, res.level)

@@ -380,6 +380,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         resp_ctx.append((b"MxAc", struct.pack("<II", 0, maximal)))
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
+    from .leases import lease_response_context
+    resp_ctx += lease_response_context(grant)
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
 
 

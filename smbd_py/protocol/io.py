@@ -6,6 +6,7 @@ import struct
 
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
+from . import caching
 from .create import lookup_open
 
 READ_REQ = struct.Struct("<HBBIQ16sIIIHH")      # 48 bytes
@@ -115,6 +116,8 @@ async def handle_write(req) -> bytes:
         from .lock import check_io_conflict
         check_io_conflict(op, offset, length, write=True)
     sync = bool(flags & WRITEFLAG_WRITE_THROUGH or op.mode & A.FILE_WRITE_THROUGH)
+    # Read caches of other opens (and this one's LEVEL_II) die before the data changes.
+    caching.data_changed(conn.server, op)
     try:
         n = await conn.server.run_io(_pwrite, op.fd, data, offset, sync) if length else 0
     except OSError as e:

@@ -236,6 +236,9 @@ async def handle_lock(req) -> bytes:
     if elements[0][2] & LOCKFLAG_UNLOCK:
         await _unlock_elements(op, elements)
     else:
+        # A byte-range lock ends read caching of LEVEL_II holders (Samba brl contend).
+        from . import caching
+        caching.data_changed(req.conn.server, op)
         await _lock_elements(req, op, elements)
     if bucket:
         _lock_sequences.setdefault(op.file_id, {})[bucket] = number

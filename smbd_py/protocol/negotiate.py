@@ -40,7 +40,7 @@ CTX_HDR = struct.Struct("<HHI")
 STATUS_NO_PREAUTH_INTEGRITY_HASH_OVERLAP = 0xC05D0000
 
 # Features this server implements; the oplock/lease and encryption stages turn these on.
-LEASING_SUPPORTED = False
+LEASING_SUPPORTED = True
 # Server preference order (Samba's and Windows' default): AES-128-GCM, AES-128-CCM,
 # AES-256-GCM, AES-256-CCM (MS-SMB2 2.2.3.1.2 cipher ids).
 ENCRYPTION_CIPHERS: tuple[int, ...] = (0x0002, 0x0001, 0x0004, 0x0003)
@@ -104,6 +104,11 @@ async def handle_negotiate(req) -> bytes:
     if chosen == 0x0202:
         conn.max_read = conn.max_write = conn.max_transact = 65536
     conn.server_capabilities = _server_capabilities(chosen)
+    if not caps & CAP_DIRECTORY_LEASING:
+        # Only a client that offers directory leasing hears of it: impacket (0.13) does
+        # not offer it, and crashes on CREATE of a root-level file when the server
+        # announces it (smb3.create's parentDir); Windows clients and smbtorture offer it.
+        conn.server_capabilities &= ~CAP_DIRECTORY_LEASING
     if chosen in (0x0300, 0x0302):
         # MS-SMB2 3.3.5.4: 3.0/3.0.2 encrypt with AES-128-CCM, and only when the client
         # announced SMB2_GLOBAL_CAP_ENCRYPTION (3.1.1 uses the negotiate context instead).

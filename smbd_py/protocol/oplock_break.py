@@ -1,5 +1,5 @@
-"""OPLOCK_BREAK acknowledgements (MS-SMB2 3.3.5.22): oplock acks go to the oplock table
-(protocol.caching); leases are not granted yet, so a lease ack names no lease."""
+"""OPLOCK_BREAK acknowledgements (MS-SMB2 3.3.5.22): 24-byte oplock acks and 36-byte
+lease acks, both answered by the oplock table through protocol.caching."""
 from __future__ import annotations
 
 from ..wire.status import NtStatus, SmbError
@@ -16,5 +16,6 @@ async def handle_oplock_break(req) -> bytes:
         op = lookup_open(req, bytes(body[8:24]))
         return await handle_oplock_ack(req, op, body[2])
     if size == 36 and len(body) >= 36:
-        raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND)
+        from .caching import handle_lease_ack
+        return await handle_lease_ack(req)
     raise SmbError(NtStatus.INVALID_PARAMETER)

@@ -37,10 +37,14 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
         if op.is_dir:
             raise SmbError(NtStatus.INVALID_PARAMETER)
         from .lock import check_io_conflict
+        from . import caching
+        caching.data_changed(ctx, op)
         await ctx.run_io(os.ftruncate, op.fd, value)
     elif klass == FIC.FileAllocationInformation:
         if op.is_dir:
             raise SmbError(NtStatus.INVALID_PARAMETER)
+        from . import caching
+        caching.data_changed(ctx, op)
         st = await ctx.run_io(os.fstat, op.fd)
         if value < st.st_size:
             await ctx.run_io(os.ftruncate, op.fd, value)
