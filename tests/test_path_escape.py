@@ -276,7 +276,11 @@ async def test_rename_and_link_out_of_the_share_are_refused(env):
 
 QUERY_PATTERNS = ["..", "..\\*", "..\\sentinel.txt", "sub\\..\\..\\*", "..\\sibling\\*",
                   "\\..\\*", "*\\..\\*", "..\\..\\etc\\*", "link_out_dir\\*", "link_etc\\*",
-                  "sentinel.txt", "*sentinel*", "passwd"]
+                  "sentinel.txt", "*sentinel*", "passwd",
+                  # Forward slashes are no separator in SMB, but they are for the kernel:
+                  # a pattern without wildcards must not become a stat() of another path.
+                  "../sentinel.txt", "../../etc/passwd", "/etc/passwd", "sub/../../sentinel.txt",
+                  "../sibling/sentinel.txt", "link_out_dir/sentinel.txt", "..\0", "a\0b"]
 
 
 async def test_query_directory_patterns_stay_inside(env):

@@ -279,8 +279,8 @@ class DirCursor:
             # No wildcard: one lookup instead of a scan (then case-insensitive scan).
             self._exhausted = True
             name = self.pattern
-            if name in (".", ".."):
-                return None
+            if name in (".", "..") or "/" in name or "\0" in name:
+                return None   # never a lookup of a path outside this directory
             try:
                 lst = self._stat(name, dir_fd=self._fd, follow_symlinks=False)
             except OSError:

@@ -5,6 +5,7 @@ themselves are not reported yet (no inotify watch behind it)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 
 from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
@@ -18,6 +19,8 @@ RESTART_SCANS = 0x01
 RETURN_SINGLE_ENTRY = 0x02
 INDEX_SPECIFIED = 0x04
 REOPEN = 0x10
+# MS-FSCC 2.1.5.2 characters no name component may hold (the wildcards * ? < > " may).
+BAD_PATTERN_CHARS = re.compile("[\x00-\x1f/\\\\:|\ud800-\udfff]")
 
 
 def _fill(op, info_class: int, max_len: int, single: bool, pattern: str | None, restart: bool):
@@ -53,6 +56,10 @@ async def handle_query_directory(req) -> bytes:
         pattern = bytes(raw[name_off:name_off + name_len]).decode("utf-16-le") if name_len else None
     except UnicodeDecodeError:
         raise SmbError(NtStatus.OBJECT_NAME_INVALID) from None
+    if pattern is not None and BAD_PATTERN_CHARS.search(pattern):
+        # MS-FSA 2.1.5.6.3: the pattern is one name component (wildcards allowed). A '/'
+        # or NUL would also turn the exact-name lookup into a path outside the directory.
+        raise SmbError(NtStatus.OBJECT_NAME_INVALID)
     first = op.dir_cursor is None
     restart = bool(flags & (RESTART_SCANS | REOPEN))
     if pattern is not None and not first and not restart:
