@@ -8,6 +8,12 @@ renames, truncates, touches, makes and removes a directory, deletes a file. The
 host then checks the server's disk (bytes by sha256, the rename), the dialect the
 kernel reports in /proc/fs/cifs/DebugData, that the server is still alive and that
 its log has no "internal error" lines.
+
+Also: chmod with cifsacl (a security descriptor) must reach the disk, and cache
+coherence: while the guest holds a file open (and may cache it under a lease/oplock),
+a local process on the server rewrites it; the guest must then read the new bytes.
+(Samba 4.17 with kernel oplocks fails that one too: it breaks the client's batch
+oplock to level II, which it does not back with a kernel lease.)
 """
 
 from __future__ import annotations
@@ -217,3 +223,98 @@ def test_kernel_cifs_cifsacl_chmod(ns, image, tmp_path):
         assert "internal error" not in srv.log_text(), diag
     finally:
         ns.stop(srv.proc)
+
+
+_COHERENCE_SCRIPT = r"""
+set -e
+M=/mnt/s
+mkdir -p $M
+mount -t cifs //{host}/share $M -o username={user},password={password},vers={vers},port={port}
+echo "MOUNT OK"
+exec 3< $M/co/data.txt     # one open handle: the client keeps its lease/oplock
+echo "FIRST $(cat <&3)"     # and caches the pages
+: > $M/co/ready
+i=0
+while [ ! -e $M/co/done ]; do
+    i=$((i+1)); [ $i -le 120 ] || {{ echo "NO DONE MARKER"; exit 3; }}
+    sleep 1
+done
+echo "AFTER $(cat $M/co/data.txt)"
+exec 3<&-
+umount $M
+echo "UMOUNT OK"
+"""
+
+
+def _coherence_run(ns, image, share: Path, port: int, vers: str, user: str, password: str,
+                   server_log) -> None:
+    """Guest reads co/data.txt (keeping it open), a local process rewrites it in place,
+    the guest reads again: it must see the new bytes."""
+    import threading
+
+    co = share / "co"
+    co.mkdir()
+    data = co / "data.txt"
+    data.write_bytes(b"version-1\n")
+    script = _COHERENCE_SCRIPT.format(host=ns.host_addr, user=user, password=password, vers=vers,
+                                      port=port)
+    result: dict = {}
+
+    def guest() -> None:
+        try:
+            result["r"] = cifs_vm.CifsVm(ns, image).run_in_guest(script, timeout_s=GUEST_TIMEOUT_S)
+        except BaseException as e:  # reported by the main thread
+            result["err"] = e
+
+    t = threading.Thread(target=guest, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + GUEST_TIMEOUT_S
+        while not (co / "ready").exists():
+            assert t.is_alive() and time.monotonic() < deadline, \
+                f"guest never got ready: {result}\n{server_log()}"
+            time.sleep(0.2)
+        # Which kernel leases the server holds right now (inode numbers): a grant it
+        # backs shows up here as LEASE ... on data.txt's inode.
+        ino = data.stat().st_ino
+        leases = [ln for ln in Path("/proc/locks").read_text().splitlines()
+                  if "LEASE" in ln and f":{ino} " in ln]
+        # The local writer: opening for write waits for the kernel lease break.
+        t0 = time.monotonic()
+        with open(data, "r+b") as f:
+            opened = time.monotonic() - t0
+            f.write(b"version-2\n")
+        (co / "done").write_bytes(b"")
+        print(f"\n[cifs] vers={vers}: local open for write waited {opened:.2f}s for the break")
+        t.join(GUEST_TIMEOUT_S + 30)
+        assert not t.is_alive(), "guest thread did not finish"
+        if "err" in result:
+            raise result["err"]
+        r = result["r"]
+        diag = (f"--- kernel leases on data.txt before the local open: {leases}\n"
+                f"--- output ---\n{r.output}\n--- console ---\n{r.console[-3000:]}\n"
+                f"--- server ---\n{server_log()}")
+        assert r.rc == 0 and "UMOUNT OK" in r.output, diag
+        assert "FIRST version-1" in r.output, diag
+        assert "AFTER version-2" in r.output, "the guest read stale data\n" + diag
+        # Far below /proc/sys/fs/lease-break-time (45 s): the server released its lease
+        # promptly instead of letting the kernel time it out.
+        assert opened < 20, f"local open waited {opened:.1f}s\n" + diag
+    finally:
+        t.join(30)
+
+
+@pytest.mark.parametrize("vers", ["3.1.1", "2.1"], ids=["smb3.1.1", "smb2.1"])
+def test_kernel_cifs_sees_local_write_after_break(ns, image, tmp_path, vers):
+    """Cache coherence, the server's reason to exist: the guest reads a file (so its
+    cache=strict client may cache it under a lease/oplock), a local process on the
+    server then rewrites the file in place, and the guest must read the new bytes:
+    the local open breaks the server's kernel lease, the server breaks the client's."""
+    srv = _start_smbd_py(ns, tmp_path, 14704 if vers == "3.1.1" else 14705)
+    try:
+        _coherence_run(ns, image, srv.share, srv.port, vers, USER, PASSWORD, srv.log_tail)
+        assert srv.proc.poll() is None, srv.log_tail()
+        assert "internal error" not in srv.log_text(), srv.log_tail()
+    finally:
+        ns.stop(srv.proc)
+
