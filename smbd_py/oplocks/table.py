@@ -137,6 +137,13 @@ class LeaseTable:
                 want_lease = None          # 2.0.2 has no leases
             elif want_lease.version >= 2 and req.dialect < DIALECT_300:
                 want_lease = None          # v2 context ignored below 3.x (3.3.5.9.11)
+            elif (req.client_guid, want_lease.lease_key) in self._leases and \
+                    self._leases[(req.client_guid, want_lease.lease_key)].file_key \
+                    != req.file_key:
+                # The key is checked before a directory's lease request is dropped:
+                # Windows rejects a key in use on another file even there
+                # (smbtorture smb2.lease.request, "multiple files under the same key").
+                return OpenResult(NtStatus.INVALID_PARAMETER)
             elif req.is_directory and (not self.directory_leases
                                        or req.dialect < DIALECT_300
                                        or want_lease.version < 2):
@@ -157,7 +164,7 @@ class LeaseTable:
         fs = self._files.get(req.file_key)
         if fs is None:
             fs = FileState()
-        got_handle_lease = got_oplock = disallow_write = False
+        got_handle_lease = got_oplock = disallow_write = other_exclusive = False
         delay = False
         stat_open = is_oplock_stat_open(req.access_mask) and \
             req.create_disposition not in OVERWRITING_DISPOSITIONS
@@ -176,6 +183,11 @@ class LeaseTable:
                 got_handle_lease = True
             if lease is None and e.oplock != OPLOCK_NONE:
                 got_oplock = True
+            if e_type & LEASE_W:
+                # Still exclusive after this loop only when not broken (a stat open):
+                # an oplock request then fails (MS-FSA 2.1.5.17.2, Oplock.State
+                # EXCLUSIVE -> STATUS_OPLOCK_NOT_GRANTED; smb2.oplock.exclusive4).
+                other_exclusive = True
             # A write lease needs no other caching holder and no other non-stat open.
             if lease is not None or e.oplock != OPLOCK_NONE or \
                     not is_oplock_stat_open(e.access_mask):
@@ -260,7 +272,7 @@ class LeaseTable:
             grant = Grant(OPLOCK_LEASE, lease.lease_key, lease.state, flags, lease.version,
                           lease.epoch if lease.version >= 2 else 0, lease.parent_lease_key)
         else:
-            if got_handle_lease:
+            if got_handle_lease or other_exclusive:
                 granted = LEASE_NONE
             op.oplock = lease_to_oplock(granted)
             grant = Grant(op.oplock)

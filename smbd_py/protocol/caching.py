@@ -197,3 +197,33 @@ async def handle_lease_ack(req) -> bytes:
     if res.status != NtStatus.SUCCESS:
         raise SmbError(res.status)
     return leases.lease_ack_response(key, res.level)
+
+
+async def break_handles(req, op, kind: str = "rename") -> None:
+    """Rename, delete-on-close or delete disposition of op's file: every other lease on
+    the file gives up handle caching first (MS-FSA 2.1.4.12; smbtorture smb2.lease
+    v2_rename, rename_wait, unlink). When a holder must ack, the request goes async
+    and waits (cancellable) for the ack, the holder's close or the break timeout."""
+    cache = getattr(req.conn.server, "_caching", None)
+    cid = getattr(op, "cache_id", 0)
+    if cache is None or not cid:
+        return
+    waiter = new_cache_id()
+    step = cache.table.rename if kind == "rename" else cache.table.set_delete_on_close
+    for _ in range(16):
+        res = step(waiter, cid, cache.now())
+        if not res.must_wait:
+            cache.run(res.actions)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        cache.waiters[waiter] = fut
+        cache.run(res.actions)
+        await req.go_async()
+        try:
+            await req.wait(fut)
+        except BaseException:
+            cache.waiters.pop(waiter, None)
+            cache.table.cancel_wait(waiter)
+            raise
+    # Holders kept answering with new breaks pending: proceed as after a timeout.
+    log.warning("handle-caching break for %s did not settle", op.name)

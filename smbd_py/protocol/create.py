@@ -363,6 +363,14 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         op.mode |= A.FILE_WRITE_THROUGH
     ctx.add_open(op)
     req.out_file_id = op.file_id
+    if op.delete_on_close and action != A.FILE_CREATED:
+        # A delete-on-close open: other leases give up handle caching now, before the
+        # close deletes the file under them (smbtorture smb2.lease.unlink).
+        try:
+            await caching.break_handles(req, op, "delete")
+        except BaseException:
+            await close_open(ctx, op)
+            raise
     if action == A.FILE_CREATED and (not is_dir or c.attributes & ~A.FILE_ATTRIBUTE_DIRECTORY):
         from .info import store_attributes
         # MS-FSA 2.1.5.1.1: a new non-directory file always gets FILE_ATTRIBUTE_ARCHIVE.

@@ -53,7 +53,7 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
     elif klass == FIC.FileModeInformation:
         op.mode = value
     elif klass in (FIC.FileDispositionInformation, FIC.FileDispositionInformationEx):
-        await _set_disposition(ctx, op, value)
+        await _set_disposition(ctx, op, value, req)
     elif klass == FIC.FileRenameInformation:
         await _rename(req, op, value)
     elif klass == FIC.FileLinkInformation:
@@ -104,7 +104,7 @@ def _dir_is_empty(fd: int) -> bool:
     return True
 
 
-async def _set_disposition(ctx, op, v) -> None:
+async def _set_disposition(ctx, op, v, req=None) -> None:
     fs = op.file
     if fs is None:
         raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -117,6 +117,10 @@ async def _set_disposition(ctx, op, v) -> None:
             raise SmbError(NtStatus.CANNOT_DELETE)
         if op.is_dir and not await ctx.run_io(_dir_is_empty, op.fd):
             raise SmbError(NtStatus.DIRECTORY_NOT_EMPTY)
+        if req is not None:
+            # Other leases drop handle caching before the delete is pending.
+            from . import caching
+            await caching.break_handles(req, op, "delete")
         fs.delete_pending = True
     else:
         fs.delete_pending = False
@@ -164,6 +168,18 @@ async def _rename(req, op, v) -> None:
         if tfs is not None and tfs.opens:
             raise SmbError(NtStatus.ACCESS_DENIED)
     same_file = tgt is not None and (tgt.st_dev, tgt.st_ino) == fs.key
+    # The rename opens the destination's directory without FILE_SHARE_DELETE: any open
+    # of that directory with DELETE access is a sharing violation (Windows; Samba
+    # parent_dirname_compatible_open; smbtorture smb2.oplock.exclusive6, batch19/20).
+    dst_parent = tuple(new[:-1])
+    for pfs in list(ctx.files.values()):
+        if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
+                any(o.granted_access & A.DELETE for o in pfs.opens):
+            raise SmbError(NtStatus.SHARING_VIOLATION)
+    # Other leases on the file give up handle caching (and the rename waits for their
+    # acks) before the name changes under them.
+    from . import caching
+    await caching.break_handles(req, op, "rename")
     new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
     new_comps = tuple(new_comps) if new_comps else tuple(new)
     fs.components = new_comps
