@@ -51,6 +51,9 @@ class Connection:
         self.max_read = 8 << 20
         self.max_write = 8 << 20
         self.sessions: dict[int, Any] = {}
+        # Sessions of other connections this one is being bound to (multichannel binding
+        # in progress, MS-SMB2 3.3.5.5.2); they join `sessions` when the binding succeeds.
+        self.bindings: dict[int, Any] = {}
         # Credits: the client may use message ids in [seq_low, seq_high) not in seq_used.
         self.seq_low = 0
         self.seq_high = 1
@@ -72,7 +75,21 @@ class Connection:
         self.closed = True
         for req in list(self.async_requests.values()) + list(self.inflight.values()):
             req.cancel(NtStatus.CANCELLED)
+        for sess in list(self.bindings.values()):
+            sess.channels.pop(self, None)
+        self.bindings.clear()
         for sess in list(self.sessions.values()):
+            sess.channels.pop(self, None)
+            # A session bound to other connections lives on while one of them does
+            # (MS-SMB2 3.3.7.1; smbtorture smb2.session.bind2).
+            others = [c for c in sess.channels if not c.closed and c.sessions.get(sess.session_id) is sess]
+            if others and sess.state == "valid":
+                if sess.conn is self:
+                    sess.conn = others[0]
+                for op in list(sess.opens.values()):
+                    if op.conn is self:
+                        op.conn = sess.conn
+                continue
             self.server.session_gone(sess)
         self.sessions.clear()
         self.server.connection_gone(self)
@@ -244,8 +261,20 @@ class Connection:
     def _check_session(self, req: Request) -> None:
         sess = self.sessions.get(req.hdr.session_id)
         if sess is None:
+            if req.hdr.flags & Flags.SIGNED and req.encrypted_by is None:
+                # A session of this client not bound to this connection: the error
+                # carries the SIGNED flag (signed with the session's key, as Windows and
+                # Samba do); clients that require signing insist on the flag even for
+                # USER_SESSION_DELETED (smbtorture smb2.session.bind2).
+                from .session import sign_with_foreign_session
+                sign_with_foreign_session(req, req.hdr.session_id)
             raise SmbError(NtStatus.USER_SESSION_DELETED)
         if sess.state != "valid":
+            if sess.state == "deleted":
+                # A tombstone (protocol.session._end_session): signed like the session.
+                req.session = sess
+                self._check_signature(req)
+                raise SmbError(NtStatus.USER_SESSION_DELETED)
             if sess.state == "expired":
                 raise SmbError(NtStatus.NETWORK_SESSION_EXPIRED)
             raise SmbError(NtStatus.USER_SESSION_DELETED)
@@ -262,10 +291,11 @@ class Connection:
             raise SmbError(NtStatus.ACCESS_DENIED)
         signed = bool(req.hdr.flags & Flags.SIGNED)
         req.was_signed = signed
-        if sess.signer is None:
+        signer = sess.signer_for(self)
+        if signer is None:
             return
         if signed:
-            if not sess.signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
+            if not signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
                                       is_cancel=req.hdr.command == Command.CANCEL):
                 raise SmbError(NtStatus.ACCESS_DENIED)
         elif sess.signing_required and req.hdr.command != Command.OPLOCK_BREAK:
@@ -349,10 +379,13 @@ class Connection:
         if req.unsigned_response or req.encrypted_by is not None:
             return None
         sess = req.session
-        if sess is None or sess.signer is None:
+        if sess is None:
+            return None
+        signer = sess.signer_for(self)
+        if signer is None:
             return None
         if req.was_signed or sess.signing_required or req.hdr.command == Command.SESSION_SETUP:
-            return sess.signer
+            return signer
         return None
 
     def _send_responses(self, items: list[tuple[Request, bytes]]) -> None:
@@ -423,7 +456,13 @@ class Connection:
             self.preauth_hash = hashlib.sha512(self.preauth_hash + bytes(buf[start:])).digest()
         elif cmd == Command.SESSION_SETUP and req.status == NtStatus.MORE_PROCESSING_REQUIRED:
             sess = req.session
-            if sess is not None and sess.preauth_hash is not None:
+            if sess is None:
+                return
+            ch = sess.channels.get(self)
+            if ch is not None and ch.preauth_hash is not None:
+                # A binding in progress hashes into its channel's own value.
+                ch.preauth_hash = hashlib.sha512(ch.preauth_hash + bytes(buf[start:])).digest()
+            elif sess.preauth_hash is not None:
                 sess.preauth_hash = hashlib.sha512(sess.preauth_hash + bytes(buf[start:])).digest()
 
     # ---- unsolicited --------------------------------------------------------------------

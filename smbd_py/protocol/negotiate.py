@@ -64,6 +64,10 @@ def _server_capabilities(dialect: int) -> int:
             caps |= CAP_ENCRYPTION
     if dialect == 0x0311 and LEASING_SUPPORTED:
         caps |= CAP_DIRECTORY_LEASING
+    if dialect >= 0x0300:
+        # Session binding (protocol.session._start_binding): a session is usable on
+        # several connections of the client (MS-SMB2 3.3.5.5.2).
+        caps |= CAP_MULTI_CHANNEL
     return caps
 
 

@@ -40,11 +40,27 @@ class TreeConnect:
         self.maximal_access = maximal_access
 
 
+class Channel:
+    """One connection a session is usable on (MS-SMB2 3.3.1.14 Channel). A bound channel
+    (multichannel session binding) has its own signing key; while its binding is being
+    authenticated it has no signer yet, its own SPNEGO state and (3.1.1) its own preauth
+    hash (Connection.PreauthSessionTable)."""
+
+    __slots__ = ("conn", "signer", "auth", "preauth_hash")
+
+    def __init__(self, conn: Any, signer: Any = None) -> None:
+        self.conn = conn
+        self.signer = signer           # None while a binding is in progress
+        self.auth: Any = None          # security.spnego.SessionAuth of a binding in progress
+        self.preauth_hash: bytes | None = None
+
+
 class Session:
     __slots__ = ("session_id", "conn", "state", "auth", "user", "domain", "anonymous", "guest",
                  "session_key", "signer", "signing_required", "preauth_hash", "trees",
                  "next_tree_id", "encrypt_key", "decrypt_key", "application_key", "opens",
-                 "encrypt_data", "encryptor", "decryptor")
+                 "encrypt_data", "encryptor", "decryptor", "channels", "dialect", "cipher_id",
+                 "signing_algorithm")
 
     def __init__(self, session_id: int, conn: Any) -> None:
         self.session_id = session_id
@@ -68,6 +84,21 @@ class Session:
         self.encryptor: Any = None     # security.encryption.Encryptor (3.x, cipher negotiated)
         self.decryptor: Any = None     # security.encryption.Decryptor
         self.opens: dict[int, "Open"] = {}
+        # Connections the session is usable on, by connection (the first one included
+        # once the session is valid); Session.Connection stays `conn`.
+        self.channels: dict[Any, Channel] = {}
+        # What the first channel negotiated: a binding must match it (MS-SMB2 3.3.5.5).
+        self.dialect = 0
+        self.cipher_id = 0
+        self.signing_algorithm = 0     # 0 HMAC-SHA256, 1 AES-CMAC, 2 AES-GMAC
+
+    def signer_for(self, conn: Any) -> Any:
+        """The key that signs on `conn`: the channel's own once bound, otherwise the
+        session's (Session.SigningKey signs a binding in progress: MS-SMB2 3.3.5.2.4)."""
+        ch = self.channels.get(conn)
+        if ch is not None and ch.signer is not None:
+            return ch.signer
+        return self.signer
 
 
 class Open:
