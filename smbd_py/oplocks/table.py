@@ -260,8 +260,10 @@ class LeaseTable:
             else:
                 # Upgrade only to a strict superset that is fully grantable, never while
                 # breaking (Samba try_lease_upgrade; smb2.lease.upgrade/2/3).
-                if (lease.state & requested) == lease.state and granted != lease.state \
-                        and granted == requested and not lease.breaking:
+                # Directories never hold W: a request for RWH on one is a request for RH.
+                want = requested & ~LEASE_W if req.is_directory else requested
+                if (lease.state & want) == lease.state and granted != lease.state \
+                        and granted == want and not lease.breaking:
                     lease.state = granted
                     lease.epoch = (lease.epoch + 1) & 0xFFFF
             lease.opens[req.open_id] = None

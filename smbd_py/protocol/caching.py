@@ -43,6 +43,10 @@ class Caching:
         self.table = LeaseTable(break_timeout=ctx.config.break_timeout)
         self.opens: dict[int, Any] = {}                 # cache id -> protocol.objects.Open
         self.waiters: dict[int, asyncio.Future] = {}    # cache id -> woken on Resume
+        # Directory leases: the ParentLeaseKey each open named, and the opens that
+        # modified their file (their close changes the parent directory's listing).
+        self.parent_keys: dict[int, bytes] = {}
+        self.modified: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     @staticmethod
@@ -131,6 +135,8 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
     cache.run(res.actions)
     if res.status != NtStatus.SUCCESS:
         raise SmbError(res.status)
+    if lease is not None and lease.parent_lease_key is not None:
+        cache.parent_keys[cache_id] = lease.parent_lease_key
     return res.grant
 
 
@@ -148,6 +154,8 @@ def release(ctx: Any, cache_id: int) -> None:
         return
     cache.opens.pop(cache_id, None)
     cache.waiters.pop(cache_id, None)
+    cache.parent_keys.pop(cache_id, None)
+    cache.modified.discard(cache_id)
     try:
         now = cache.now()
     except RuntimeError:              # no running loop (shutdown): nobody to notify
@@ -159,16 +167,25 @@ def release(ctx: Any, cache_id: int) -> None:
 def closed(ctx: Any, op) -> None:
     cid = getattr(op, "cache_id", 0)
     if cid:
+        cache = caching_of(ctx)
+        if cid in cache.modified and op.file is not None:
+            # Closing a modified file updates its directory entry (write time, size):
+            # the parent's directory leases break now (smb2.lease.v2_request).
+            dir_changed(ctx, op.file.share, tuple(op.file.components), op.conn.client_guid,
+                        parent_key=cache.parent_keys.get(cid))
         op.cache_id = 0
         release(ctx, cid)
 
 
-def data_changed(ctx: Any, op) -> None:
-    """WRITE, set EOF/allocation, byte-range LOCK: level II holders lose their cache."""
+def data_changed(ctx: Any, op, modifies: bool = True) -> None:
+    """WRITE, set EOF/allocation, byte-range LOCK (modifies=False): level II and read
+    lease holders lose their cache."""
     cache = getattr(ctx, "_caching", None)
     cid = getattr(op, "cache_id", 0)
     if cache is None or not cid:
         return
+    if modifies:
+        cache.modified.add(cid)
     cache.run(cache.table.write(cid, cache.now()))
 
 
@@ -227,3 +244,25 @@ async def break_handles(req, op, kind: str = "rename") -> None:
             raise
     # Holders kept answering with new breaks pending: proceed as after a timeout.
     log.warning("handle-caching break for %s did not settle", op.name)
+
+
+def dir_changed(ctx: Any, share: Any, child: tuple, client_guid: bytes | None = None,
+                contexts: dict | None = None, parent_key: bytes | None = None) -> None:
+    """An entry named `child` (share components) was created, deleted or renamed: the
+    leases on its parent directory break (MS-SMB2 3.3.4.7; directory leases), except
+    the one the client named as ParentLeaseKey in its v2 lease context. Never waits:
+    the operation has happened already."""
+    cache = getattr(ctx, "_caching", None)
+    if cache is None or not child:
+        return
+    if contexts:
+        try:
+            lease = leases.parse_lease_context(contexts)
+        except SmbError:
+            lease = None
+        if lease is not None:
+            parent_key = lease.parent_lease_key
+    parent = tuple(child[:-1])
+    for fs in list(ctx.files.values()):
+        if fs.is_dir and fs.share is share and tuple(fs.components) == parent:
+            cache.run(cache.table.dir_changed(fs.key, client_guid, parent_key, cache.now()))

@@ -363,6 +363,10 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         op.mode |= A.FILE_WRITE_THROUGH
     ctx.add_open(op)
     req.out_file_id = op.file_id
+    if action == A.FILE_CREATED:
+        # A new entry: leases on the parent directory break (not the creator's own
+        # ParentLeaseKey lease).
+        caching.dir_changed(ctx, share, comps, req.conn.client_guid, c.contexts)
     if op.delete_on_close and action != A.FILE_CREATED:
         # A delete-on-close open: other leases give up handle caching now, before the
         # close deletes the file under them (smbtorture smb2.lease.unlink).
@@ -529,6 +533,8 @@ async def close_open(ctx, op: Open) -> None:
     comps = fs.components if fs is not None else op.components
     if delete or fd >= 0:
         await ctx.run_io(_finish_close, op.tree.share.root, fd, delete, comps, op.is_dir)
+    if delete:
+        caching.dir_changed(ctx, op.tree.share, comps, op.conn.client_guid)
 
 
 def close_open_now(ctx, op: Open) -> None:

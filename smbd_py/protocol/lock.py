@@ -238,7 +238,7 @@ async def handle_lock(req) -> bytes:
     else:
         # A byte-range lock ends read caching of LEVEL_II holders (Samba brl contend).
         from . import caching
-        caching.data_changed(req.conn.server, op)
+        caching.data_changed(req.conn.server, op, modifies=False)
         await _lock_elements(req, op, elements)
     if bucket:
         _lock_sequences.setdefault(op.file_id, {})[bucket] = number

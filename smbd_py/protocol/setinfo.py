@@ -182,6 +182,10 @@ async def _rename(req, op, v) -> None:
     await caching.break_handles(req, op, "rename")
     new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
     new_comps = tuple(new_comps) if new_comps else tuple(new)
+    # Both directories changed: their leases break (directory leases).
+    caching.dir_changed(ctx, share, tuple(old), req.conn.client_guid)
+    if tuple(old[:-1]) != new_comps[:-1]:
+        caching.dir_changed(ctx, share, new_comps, req.conn.client_guid)
     fs.components = new_comps
     for o in fs.opens:
         o.components = new_comps
