@@ -278,6 +278,22 @@ class LeaseTableMachine(RuleBasedStateMachine):
             assert dl <= self.now + TIMEOUT + 1e-9
 
 
+    @invariant()
+    def every_break_ends_by_ack_close_or_timeout(self):
+        # A break still open has a deadline within the timeout: if no ack or close ends
+        # it, tick() will (time_passes_everything_settles drives that to the end).
+        if not hasattr(self, "t"):
+            return
+        for lease in self.t._leases.values():
+            if lease.breaking:
+                assert lease.deadline is not None
+                assert lease.deadline <= self.now + TIMEOUT + 1e-9
+        for op in self.t._opens.values():
+            if op.breaking_to is not None:
+                assert op.deadline is not None
+                assert op.deadline <= self.now + TIMEOUT + 1e-9
+
+
 TestLeaseTableStateful = LeaseTableMachine.TestCase
 TestLeaseTableStateful.settings = settings(
     max_examples=300, stateful_step_count=60, deadline=None,
