@@ -265,7 +265,8 @@ def _lease_v2() -> bytes:
 
 def _create_body(c: RawConn, variant: int) -> bytes:
     names = ["fuzzdir\\n%d.txt" % (variant % 7), "fuzzdir", "", "fuzzdir\\f.txt:stream",
-             "fuzzdir\\f.txt", "fuzzdir\\sub\\deeper", "..\\x", "fuzzdir\\*"]
+             "fuzzdir\\f.txt", "fuzzdir\\sub\\deeper", "..\\x", "fuzzdir\\*",
+             "fuzzdir/../../x", "fuzzdir\\f.txt:s:$DATA", "fuzzdir\\f.txt::$DATA", "C:\\x"]
     ctx = [
         [],
         [(b"RqLs", _lease_v2())],
@@ -387,7 +388,8 @@ def templates(c: RawConn, variant: int) -> dict[str, tuple[int, bytes, int]]:
             2, 11, 12) else t),
         "echo": (Command.ECHO, wire.small_request(), t),
         "query_directory": (Command.QUERY_DIRECTORY, wire.query_directory_request(
-            c.dir_id, ["*", "f*", "..", "..\\*", "<\"*>", "", "?.txt", "\\*"][variant % 8],
+            c.dir_id, ["*", "f*", "..", "..\\*", "<\"*>", "", "?.txt", "\\*", "../f.txt",
+                       "/etc/passwd", "f.txt:s", "f.txt"][variant % 12],
             [1, 2, 3, 12, 37, 38, 60, 0][variant % 8], [0, 1, 2, 4, 0x10][variant % 5],
             [65536, 0, 100, 0xFFFFFFFF][variant % 4]), t),
         "change_notify": (Command.CHANGE_NOTIFY, struct.pack(
