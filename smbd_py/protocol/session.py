@@ -20,6 +20,9 @@ SESSION_FLAG_IS_GUEST = 0x0001
 SESSION_FLAG_IS_NULL = 0x0002
 SESSION_FLAG_ENCRYPT_DATA = 0x0004
 SIGNING_AES_GMAC = 2
+# Channels per session: Windows Server 2012 and later allow 32 (Samba the same;
+# smbtorture smb2.multichannel.generic.num_channels expects the 33rd to fail).
+MAX_CHANNELS = 32
 
 
 def _new_session_id(conn) -> int:
@@ -265,6 +268,8 @@ def _start_binding(req) -> Channel:
         # Already a channel of this session (its first one, or bound before).
         raise SmbError(NtStatus.REQUEST_NOT_ACCEPTED)
     if ch is None:
+        if len(sess.channels) >= MAX_CHANNELS:
+            raise SmbError(NtStatus.INSUFFICIENT_RESOURCES)
         ch = Channel(conn)
         if conn.dialect == 0x0311:
             # Connection.PreauthSessionTable: the binding's own hash, from this
