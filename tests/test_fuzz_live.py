@@ -29,7 +29,7 @@ from tests.peers.smbd_py_server import smbd_py_server
 from tests.smb2client import auth, wire
 from tests.smb2client.wire import Cap, Command, Dialect, Flags, HEADER_SIZE
 
-FUZZ_PORT = 15000
+FUZZ_PORT = None   # a free port: never collide with another server on this machine
 N_EXAMPLES = int(os.environ.get("SMBD_PY_FUZZ_EXAMPLES", "3000"))
 BUDGET_S = float(os.environ.get("SMBD_PY_FUZZ_BUDGET_S", "90"))
 LOG_LEVEL = os.environ.get("SMBD_PY_FUZZ_LOG_LEVEL", "info")  # debug logs SmbError tracebacks

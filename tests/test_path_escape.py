@@ -19,7 +19,7 @@ from tests.smb2client import (Access, CreateOptions, Disposition, FileInfoClass,
                               Smb2Client, status_name)
 from tests.smb2client import wire
 
-PORT = 15010
+PORT = None   # a free port
 
 ACCESS_DENIED = 0xC0000022
 OBJECT_NAME_INVALID = 0xC0000033
