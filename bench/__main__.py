@@ -148,12 +148,13 @@ class Runner:
                         pss = rss = brk = error(f"{type(e).__name__}: {e}"[:300])
                     brk.samples = [x * 1e3 for x in brk.samples]
                     if rep > 0:
-                        # A second round reuses memory the server's allocator kept from the
-                        # first (smbd_py's RSS barely moves), so only round 1 is the figure.
+                        # Only round 1, on a freshly started server, counts: later rounds
+                        # start from a server that already grew (smbd_py's allocator keeps
+                        # and reuses what round 1 freed, so its delta reads ~0).
                         for c in (pss, rss):
                             if c.samples:
-                                c.notes.append(f"round {rep + 1} (allocator reuse, not "
-                                               f"counted): {c.samples[0]:.1f} KiB/conn")
+                                c.notes.append(f"round {rep + 1} (not counted: server no "
+                                               f"longer fresh): {c.samples[0]:.1f} KiB/conn")
                                 c.samples = []
                     self._add("scale_mem_pss", name, pss)
                     self._add("scale_mem_rss", name, rss)

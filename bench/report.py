@@ -62,6 +62,10 @@ def fmt_ratio(r: float | None, row: dict[str, Cell], s: str) -> str:
     return f"n/a ({', '.join(why)})" if why else "n/a"
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
 def verdict(spec: Spec, ratios: dict[str, float | None], row: dict[str, Cell]) -> str:
     if spec.target is None:
         return ""
@@ -84,12 +88,12 @@ def verdict(spec: Spec, ratios: dict[str, float | None], row: dict[str, Cell]) -
         short = LABELS[s]
         if op == ">=":
             parts.append(f"met vs {short}" if r >= bound
-                         else f"MISSED vs {short} by {100 * (bound - r) / bound:.0f}% "
-                              f"(ratio {r:.2f} < {bound})")
+                         else f"MISSED vs {short} by {_pct((bound - r) / bound)} "
+                              f"(ratio {r:.3f} < {bound})")
         else:
             parts.append(f"met vs {short}" if r <= bound
-                         else f"MISSED vs {short} by {100 * (r - bound) / bound:.0f}% "
-                              f"(ratio {r:.2f} > {bound})")
+                         else f"MISSED vs {short} by {_pct((r - bound) / bound)} "
+                              f"(ratio {r:.3f} > {bound})")
     return "; ".join(parts) if parts else "not evaluated (no comparable numbers)"
 
 
