@@ -45,6 +45,8 @@ import stat
 import subprocess
 import tempfile
 import time
+
+from tests.peers.procs import fresh_signals
 from collections.abc import Iterator, Mapping
 
 SMBD = "/usr/sbin/smbd"
@@ -303,7 +305,7 @@ def samba_server(share_path: str, *, host: str = "127.0.0.1", port: int,
             [SMBD, "--foreground", "--no-process-group", "-s", conf_path,
              "--debug-stdout", "-d", str(log_level)],
             stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=workdir,
+            start_new_session=True, cwd=workdir, preexec_fn=fresh_signals,
         )
         log_f.close()
         srv = SambaServer(host=host, port=port, share=share, share_path=share_path,

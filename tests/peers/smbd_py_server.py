@@ -12,6 +12,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from tests.peers.procs import fresh_signals
+
 USER = "alice"
 PASSWORD = "Secret-pw1"
 START_TIMEOUT_S = 20.0
@@ -95,7 +97,8 @@ def smbd_py_server(share_path: str | None = None, *, host: str = "127.0.0.1", po
                 [sys.executable, "-m", "smbd_py", "serve", "--listen", f"{host}:{port}",
                  "--share", f"{share}={share_path}", "--users", users, "--log-level", log_level,
                  *extra_args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=fresh_signals)
         try:
             _wait_port(host, port, proc, log_path)
             yield SmbdPy(host, port, share, share_path, user, password, users, log_path, proc)
