@@ -229,6 +229,8 @@ async def break_handles(req, op, kind: str = "rename") -> None:
     step = cache.table.rename if kind == "rename" else cache.table.set_delete_on_close
     for _ in range(16):
         res = step(waiter, cid, cache.now())
+        log.debug("%s of %s: handle-caching breaks %s", kind, op.name,
+                  "pending, waiting" if res.must_wait else "done")
         if not res.must_wait:
             cache.run(res.actions)
             return

@@ -152,6 +152,19 @@ async def _rename(req, op, v) -> None:
             if other is not fs and other.components[:len(prefix)] == prefix and other.opens:
                 # Windows refuses to rename a directory with open files below it.
                 raise SmbError(NtStatus.ACCESS_DENIED)
+    # The rename opens the destination's directory without FILE_SHARE_DELETE: any open
+    # of that directory with DELETE access is a sharing violation (Windows; Samba
+    # parent_dirname_compatible_open; smbtorture smb2.oplock.exclusive6, batch19/20).
+    dst_parent = tuple(new[:-1])
+    for pfs in list(ctx.files.values()):
+        if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
+                any(o.granted_access & A.DELETE for o in pfs.opens):
+            raise SmbError(NtStatus.SHARING_VIOLATION)
+    # Other leases on the file give up handle caching (and the rename waits for their
+    # acks) before the name changes under them; the breaks go out
+    # before this request yields to the next one (smb2.lease.rename_wait).
+    from . import caching
+    await caching.break_handles(req, op, "rename")
     # The target, if it exists and is another file, must not be open (MS-FSA 2.1.5.15.12).
     try:
         tgt = await ctx.run_io(root.stat, new)
@@ -168,18 +181,6 @@ async def _rename(req, op, v) -> None:
         if tfs is not None and tfs.opens:
             raise SmbError(NtStatus.ACCESS_DENIED)
     same_file = tgt is not None and (tgt.st_dev, tgt.st_ino) == fs.key
-    # The rename opens the destination's directory without FILE_SHARE_DELETE: any open
-    # of that directory with DELETE access is a sharing violation (Windows; Samba
-    # parent_dirname_compatible_open; smbtorture smb2.oplock.exclusive6, batch19/20).
-    dst_parent = tuple(new[:-1])
-    for pfs in list(ctx.files.values()):
-        if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
-                any(o.granted_access & A.DELETE for o in pfs.opens):
-            raise SmbError(NtStatus.SHARING_VIOLATION)
-    # Other leases on the file give up handle caching (and the rename waits for their
-    # acks) before the name changes under them.
-    from . import caching
-    await caching.break_handles(req, op, "rename")
     new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
     new_comps = tuple(new_comps) if new_comps else tuple(new)
     # Both directories changed: their leases break (directory leases).
