@@ -1,25 +1,49 @@
 """The asyncio transport: accept TCP connections, split the direct-TCP framing, hand
-whole frames to protocol.connection.Connection, and write what it sends."""
+whole frames to protocol.connection.Connection, and write what it sends.
+
+Frames are received with asyncio.BufferedProtocol: the kernel copies straight into our
+memory. Small frames gather in one reused staging buffer and are handed on as bytes (one
+small copy, since the staging buffer is reused at once). A large frame (a WRITE's data)
+gets a bytearray of its exact size (reused from earlier frames once nothing refers to
+them), the socket reads the rest of it directly into that bytearray, and the bytearray
+itself becomes the frame: no copy at all in user space.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 from typing import Any
 
+from .bufpool import BufferPool
 from .protocol.connection import Connection
 from .protocol.context import ServerContext
 from .wire.header import MAX_FRAME
 
 log = logging.getLogger("smbd_py.server")
 
+# uvloop reads up to 256 KB per recv; the staging buffer takes at least that much.
+STAGING_SIZE = 256 * 1024
+# A frame larger than this that has not fully arrived gets its own buffer. Smaller ones
+# wait in the staging buffer (whose free room after compaction is always larger).
+BIG_FRAME = 64 * 1024
+# Large-frame buffers kept for reuse per connection (smbclient keeps 2 WRITEs in flight).
+BIG_FRAME_BUFFERS = 4
 
-class SmbTransportProtocol(asyncio.Protocol):
-    __slots__ = ("ctx", "conn", "buf", "transport")
+
+class SmbTransportProtocol(asyncio.BufferedProtocol):
+    __slots__ = ("ctx", "conn", "transport", "staging", "staging_mv", "filled", "big",
+                 "big_mv", "big_got", "pool")
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.conn: Connection | None = None
-        self.buf = bytearray()
+        self.staging = bytearray(STAGING_SIZE)
+        self.staging_mv = memoryview(self.staging)
+        self.filled = 0              # bytes of the staging buffer holding data
+        self.big: bytearray | None = None   # the large frame being received (no NetBIOS header)
+        self.big_mv: memoryview | None = None
+        self.big_got = 0
+        self.pool = BufferPool(BIG_FRAME_BUFFERS)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -28,29 +52,66 @@ class SmbTransportProtocol(asyncio.Protocol):
         self.ctx.connections.add(self.conn)
         log.debug("connection from %s", peer)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        pos = 0
-        n = len(buf)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big_mv is not None:
+            return self.big_mv[self.big_got:]
+        return self.staging_mv[self.filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
         conn = self.conn
-        while n - pos >= 4:
+        if self.big is not None:
+            self.big_got += nbytes
+            if self.big_got < len(self.big):
+                return
+            frame = self.big
+            self.big = self.big_mv = None
+            if not conn.closed:
+                conn.frame_received(frame)
+            return
+        filled = self.filled + nbytes
+        buf = self.staging
+        mv = self.staging_mv
+        pos = 0
+        while filled - pos >= 4:
             if buf[pos] != 0:
                 log.info("bad NetBIOS frame type from %s", conn.peer)
                 conn.disconnect()
+                self.filled = 0
                 return
-            size = int.from_bytes(buf[pos + 1:pos + 4], "big")
+            size = (buf[pos + 1] << 16) | (buf[pos + 2] << 8) | buf[pos + 3]
             if size > MAX_FRAME or size < 4:
                 conn.disconnect()
+                self.filled = 0
                 return
-            if n - pos - 4 < size:
-                break
-            conn.frame_received(bytes(buf[pos + 4:pos + 4 + size]))
-            pos += 4 + size
+            start = pos + 4
+            have = filled - start
+            if have >= size:
+                if conn.closed:
+                    self.filled = 0
+                    return
+                conn.frame_received(bytes(mv[start:start + size]))
+                pos = start + size
+                continue
+            if size > BIG_FRAME:
+                # The rest of this frame goes straight from the socket into its own buffer.
+                big = self.pool.get(size)
+                big[:have] = mv[start:filled]
+                self.big = big
+                self.big_mv = memoryview(big)
+                self.big_got = have
+                pos = filled
+            break
         if pos:
-            del buf[:pos]
+            rest = filled - pos
+            if rest:
+                # bytes(): source and target may overlap (slice assignment is a memcpy).
+                buf[:rest] = bytes(mv[pos:filled])
+            filled = rest
+        self.filled = filled
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.big = self.big_mv = None
+        self.pool.clear()
         if self.conn is not None:
             self.conn.connection_lost()
 

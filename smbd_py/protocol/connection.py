@@ -15,6 +15,7 @@ from ..wire.header import (Command, Flags, Header, HEADER_SIZE, PROTOCOL_ID, SMB
                            TRANSFORM_PROTOCOL_ID, FRAME, RELATED_FILE_ID, SIGNATURE_OFFSET,
                            UNSOLICITED_MESSAGE_ID)
 from ..wire.status import NtStatus, SmbError
+from ..bufpool import BufferPool
 from .request import Request
 
 log = logging.getLogger("smbd_py.connection")
@@ -62,6 +63,8 @@ class Connection:
         self.inflight: dict[int, Request] = {}
         self.next_async_id = 1
         self.tasks: set[asyncio.Task] = set()
+        # READ payload buffers, reused once the transport has sent them (bufpool).
+        self.read_pool = BufferPool(4)
 
     # ---- transport side -------------------------------------------------------------
     def frame_received(self, data: bytes) -> None:
@@ -424,28 +427,23 @@ class Connection:
     def _send_single(self, req: Request, body: Any) -> None:
         h = self._build_header(req)
         signer = self._signer_for(req)
-        extra = ()
-        if isinstance(body, tuple):
-            # (fixed part, payload): large READ payloads are not copied.
-            body, *extra = body
-        if signer is not None:
+        # (fixed part, payload): large READ payloads are neither copied nor joined; they
+        # are signed where they lie and written with the header in one writelines().
+        parts = body if isinstance(body, tuple) else (body,)
+        if signer is not None:   # never for an encrypted request (see _signer_for)
             h.flags |= Flags.SIGNED
-            msg = bytearray(h.pack())
-            msg += body
-            for p in extra:
-                msg += p
-            sig = signer.sign(msg, message_id=h.message_id, is_response=True, is_cancel=False)
-            msg[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = sig
-            self._after_response(req, msg, 0)
-            self.send(bytes(msg))
+            hb = bytearray(HEADER_SIZE)
+            h.pack_into(hb)
+            hb[SIGNATURE_OFFSET:SIGNATURE_OFFSET + 16] = signer.sign_parts(
+                hb, parts, message_id=h.message_id, is_response=True, is_cancel=False)
         else:
             hb = h.pack()
-            if self.dialect == 0x0311 and req.hdr.command in (Command.NEGOTIATE, Command.SESSION_SETUP):
-                self._after_response(req, hb + bytes(body), 0)
-            if req.encrypted_by is not None:
-                self.send(self._seal(req, b"".join((hb, bytes(body), *map(bytes, extra)))))
-                return
-            self.send(hb, body, *extra)
+        if self.dialect == 0x0311 and req.hdr.command in (Command.NEGOTIATE, Command.SESSION_SETUP):
+            self._after_response(req, b"".join((hb, *map(bytes, parts))), 0)
+        if req.encrypted_by is not None:
+            self.send(self._seal(req, b"".join((hb, *map(bytes, parts)))))
+            return
+        self.send(hb, *parts)
 
     def _after_response(self, req: Request, buf: Any, start: int) -> None:
         """Preauth integrity (3.1.1) hashes NEGOTIATE and SESSION_SETUP responses."""

@@ -27,8 +27,9 @@ def _check_credit_charge(req, length: int) -> None:
             raise SmbError(NtStatus.INVALID_PARAMETER)
 
 
-def _pread(fd: int, length: int, offset: int) -> bytes:
-    return os.pread(fd, length, offset)
+def _pread_into(fd: int, buf: bytearray, offset: int) -> int:
+    # One copy, page cache -> a reused buffer (a fresh one would fault in every page).
+    return os.preadv(fd, (buf,), offset)
 
 
 async def handle_read(req) -> bytes | tuple:
@@ -61,11 +62,19 @@ async def handle_read(req) -> bytes | tuple:
     if length and op.file.locks:
         from .lock import check_io_conflict
         check_io_conflict(op, offset, length, write=False)
-    data = await conn.server.run_io(_pread, op.fd, length, offset) if length else b""
-    if (not data and length) or len(data) < minimum:
+    if length:
+        buf = conn.read_pool.get(length)
+        n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
+        # The payload is sent (and signed) from the buffer itself; the pool hands the
+        # buffer out again only once the transport let go of it.
+        data = buf if n == length else memoryview(buf)[:n]
+    else:
+        n = 0
+        data = b""
+    if (not n and length) or n < minimum:
         raise SmbError(NtStatus.END_OF_FILE)
-    op.position = offset + len(data)
-    return READ_RESP.pack(17, READ_DATA_OFFSET, 0, len(data), 0, 0), data
+    op.position = offset + n
+    return READ_RESP.pack(17, READ_DATA_OFFSET, 0, n, 0, 0), data
 
 
 def _pwrite(fd: int, data, offset: int, sync: bool) -> int:

@@ -104,6 +104,39 @@ class Signer:
         enc.finalize()
         return enc.tag
 
+    def sign_parts(self, header: bytes | bytearray | memoryview, parts, *,
+                   message_id: int | None = None, is_response: bool | None = None,
+                   is_cancel: bool | None = None) -> bytes:
+        """The signature of the message header + b"".join(parts), without joining them:
+        a large READ response is signed from the header and the payload where they lie.
+        header is the 64-byte SMB2 header (its Signature field is ignored)."""
+        hv = memoryview(header)
+        if hv.nbytes != _HEADER_SIZE:
+            raise ValueError("header must be the 64-byte SMB2 header")
+        head = hv[:SIGNATURE_OFFSET]
+        if self.algorithm == HMAC_SHA256:
+            h = hmac.new(self.key, head, hashlib.sha256)
+            h.update(_ZERO_SIGNATURE)
+            for p in parts:
+                h.update(p)
+            return h.digest()[:SIGNATURE_SIZE]
+        if self.algorithm == AES_CMAC:
+            c = cmac.CMAC(self._algo)
+            c.update(head)
+            c.update(_ZERO_SIGNATURE)
+            for p in parts:
+                c.update(p)
+            return c.finalize()
+        nonce = _gmac_nonce(hv, message_id, is_response, is_cancel)
+        enc = Cipher(self._algo, modes.GCM(nonce)).encryptor()
+        enc.authenticate_additional_data(head)
+        enc.authenticate_additional_data(_ZERO_SIGNATURE)
+        for p in parts:
+            if len(p):
+                enc.authenticate_additional_data(p)
+        enc.finalize()
+        return enc.tag
+
     def verify(self, message: bytes | bytearray | memoryview, *, message_id: int | None = None,
                is_response: bool | None = None, is_cancel: bool | None = None) -> bool:
         """True when the Signature field of message is right (constant-time compare)."""
