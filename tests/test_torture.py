@@ -18,6 +18,13 @@ MIN_PASS = {
     "smb2.create": 8, "smb2.getinfo": 5, "smb2.session": 40,
     # issue 3 (Samba 4.17 passes 38 and 33)
     "smb2.oplock": 38, "smb2.lease": 33,
+    # issue 4 (Samba 4.17 with kernel oplocks = yes and no streams module passes 4 of 8)
+    "smb2.kernel-oplocks": 4,
+}
+# Floors the list does not meet yet: strict xfails, removed when the issue lands.
+FLOORS_NOT_MET_YET = {
+    "smb2.kernel-oplocks": "issue 4: kernel_oplocks7/8 need kernel-backed grants and "
+                           "pending opens on locally leased files",
 }
 SUITE_TIMEOUT_S = 600
 
@@ -30,12 +37,15 @@ def _suites() -> list[str]:
     return load_suites(LIST)
 
 
-def test_expected_list_meets_the_floors():
+@pytest.mark.parametrize("suite", [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=FLOORS_NOT_MET_YET[s]))
+    if s in FLOORS_NOT_MET_YET else s for s in MIN_PASS])
+def test_expected_list_meets_the_floors(suite):
     """The list cannot be trimmed below the acceptance: each suite keeps its floor."""
     expected = load_expected(LIST)
-    for suite, floor in MIN_PASS.items():
-        passing = [n for n, (e, _) in expected.items() if _in_suite(n, suite) and e == "pass"]
-        assert len(passing) >= floor, f"{suite}: {len(passing)} tests listed as passing, need {floor}"
+    floor = MIN_PASS[suite]
+    passing = [n for n, (e, _) in expected.items() if _in_suite(n, suite) and e == "pass"]
+    assert len(passing) >= floor, f"{suite}: {len(passing)} tests listed as passing, need {floor}"
 
 
 @pytest.mark.parametrize("suite", _suites())
