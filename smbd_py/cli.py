@@ -49,6 +49,8 @@ async def _serve(cfg: ServerConfig, user_db, ready_fd: int | None) -> None:
     from .protocol.context import ServerContext
     from .server import start_servers
     ctx = ServerContext(cfg, user_db)
+    for line in ctx.start_kernel_leases():
+        print(f"smbd-py: {line}", flush=True)
     servers = await start_servers(ctx, cfg.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -79,6 +81,14 @@ def cmd_serve(args) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if cfg.kernel_leases and any(sc.kernel_leases for sc in cfg.shares.values()):
+        # Lease-break signals must be blocked in every thread: block them here, on the
+        # main thread, before the event loop or the I/O pool start any thread.
+        from .oplocks.kernel import reserve_lease_signal
+        try:
+            reserve_lease_signal()
+        except OSError as e:
+            log.error("no signal for kernel lease breaks: %s", e)
     try:
         import uvloop
         runner = uvloop.run

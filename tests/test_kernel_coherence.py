@@ -27,8 +27,8 @@ from the [smb2.kernel-oplocks] section of tests/torture_expected.txt.
 The same scenarios run against Samba 4.17 with ``kernel oplocks = yes`` where Samba can
 pass them (batch oplocks only: Samba grants no lease and no LEVEL_II with kernel oplocks),
 so each test is known to pass against a server that does back its grants with the kernel:
-the ``test_reference_samba_*`` tests. Tests smbd_py cannot pass yet are strict xfails
-("issue 4: ..."); the implementer removes the marks as the server starts passing them.
+the ``test_reference_samba_*`` tests. The smbd_py tests were strict xfails until issue 4
+backed the grants with kernel leases.
 
 Ports 15350-15399; the two-server test uses 127.0.0.31 and 127.0.0.32.
 """
@@ -73,8 +73,6 @@ def lease_break_time() -> float:
 
 KERNEL_BREAK_S = lease_break_time()
 LOCAL_WAIT_S = KERNEL_BREAK_S + 15  # bound on any local open (the kernel ends it at 45 s)
-
-XFAIL_ISSUE4 = "issue 4: SMB grants are not backed by kernel leases yet"
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -260,7 +258,6 @@ async def local_open_waits_for_ack(peer, kind: str):
                 await reader.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_ISSUE4)
 @pytest.mark.parametrize("kind", ["batch", "lease"])
 async def test_local_open_waits_for_client_write_back_and_ack(srv, kind):
     await local_open_waits_for_ack(srv, kind)
@@ -310,7 +307,6 @@ async def local_write_breaks_read_caching(peer, kind: str):
                 await writer.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_ISSUE4)
 @pytest.mark.parametrize("kind", ["R", "level2"])
 async def test_local_write_breaks_read_caching_to_none(srv, kind):
     await local_write_breaks_read_caching(srv, kind)
@@ -361,7 +357,6 @@ async def two_servers_one_directory(a, b, kind: str):
         await c1.close(t1, r1.file_id)
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_ISSUE4)
 @pytest.mark.parametrize("kind", ["lease", "batch"])
 async def test_two_servers_one_directory_stay_coherent(two_servers, kind):
     await two_servers_one_directory(*two_servers, kind)
@@ -403,7 +398,6 @@ async def never_acking_client(peer, kind: str, smb_timeout: float):
                 await reader.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=XFAIL_ISSUE4)
 @pytest.mark.parametrize("kind", ["batch", "lease"])
 async def test_never_acking_client_holds_local_open_only_until_smb_timeout(srv_short, kind):
     await never_acking_client(srv_short, kind, SHORT_BREAK_TIMEOUT_S)
@@ -462,8 +456,6 @@ async def create_waits_for_local_lease(peer, use_signal: bool = False):
                 await holder.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4: an open that meets another process's "
-                   "kernel lease answers SHARING_VIOLATION instead of going pending")
 @pytest.mark.parametrize("use_signal", [False, True], ids=["told", "sigusr1"])
 async def test_create_waits_for_a_local_lease_holder(srv, use_signal):
     await create_waits_for_local_lease(srv, use_signal)

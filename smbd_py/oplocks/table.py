@@ -430,6 +430,40 @@ class LeaseTable:
         self._post_change(file_key, actions)
         return actions
 
+    def limit_open(self, open_id: Hashable, allowed: int, now: float = 0.0) -> list[Action]:
+        """The grant just made to open_id cannot be backed beyond `allowed` (lease bits):
+        reduce it before the CREATE response tells the client (no break is sent: the
+        client has not been told yet). A lease shared with earlier opens of the same key
+        is reduced as a whole, as the kernel refusal holds for all of them."""
+        actions: list[Action] = []
+        op = self._opens.get(open_id)
+        if op is None:
+            return actions
+        if op.lease_id is not None:
+            lease = self._leases[op.lease_id]
+            new = valid_lease_state(lease.state & allowed)
+            if new != lease.state:
+                lease.state = new
+                if lease.breaking:
+                    lease.breaking_to_required &= new
+                    lease.breaking_to_requested &= new
+        else:
+            op.oplock = lease_to_oplock(valid_lease_state(oplock_to_lease(op.oplock) & allowed))
+            if op.oplock == OPLOCK_NONE:
+                op.breaking_to = None
+                op.deadline = None
+        self._post_change(op.file_key, actions, resume=False)
+        return actions
+
+    def grant_of(self, open_id: Hashable) -> Optional[tuple[int, int]]:
+        """(oplock level, lease state) open_id holds now."""
+        op = self._opens.get(open_id)
+        if op is None:
+            return None
+        if op.lease_id is not None:
+            return OPLOCK_LEASE, self._leases[op.lease_id].state
+        return op.oplock, oplock_to_lease(op.oplock)
+
     # ------------------------------------------------------------ acks
 
     def ack_lease(self, client_guid: bytes, lease_key: bytes, state: int,

@@ -9,21 +9,33 @@ the table's next deadline; the table's clock is loop.time()).
 Leases: protocol.leases translates the RqLs create contexts, lease break notifications
 and lease acks; this module feeds them to the table.
 
-Not wired yet (kept out on purpose, each has its hook here): kernel-lease backing
-(CachingChanged / KernelBreakDone actions and `cap` are where oplocks.kernel.KernelLeases
-plugs in).
+Kernel backing (oplocks.backing owns the design; read its docstring): on shares with
+kernel leases on, every regular file's SMB opens share the server's one open file
+description per access mode (``open_backed`` hands out dups), every grant is capped to
+what the kernel can back (``cap`` at the table, ``back`` after the open strips W the
+kernel refused), the table's CachingChanged / KernelBreakDone actions make the backing
+take, downgrade or release the kernel lease and the inotify watch (``run``), and kernel
+breaks and foreign writes come back as table.kernel_break (``_kernel_break``).
+Opens that meet another process's lease go async and retry (``open_backed``) on every
+share, backed or not.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import errno
 import itertools
 import logging
+import os
 import struct
+import time
 from typing import Any
 
+from ..oplocks.backing import KernelBacking, null_backing
 from ..oplocks.table import LeaseTable
-from ..oplocks.types import (LEASE_RWH, OPLOCK_LEASE, OpenRequest, Resume,
-                             SendLeaseBreak, SendOplockBreak)
+from ..oplocks.types import (LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_LEASE,
+                             CachingChanged, KernelBreakDone, OpenRequest, Resume,
+                             SendLeaseBreak, SendOplockBreak, lease_to_oplock)
 from ..wire.status import NtStatus, SmbError
 from . import leases
 
@@ -48,6 +60,12 @@ class Caching:
         self.parent_keys: dict[int, bytes] = {}
         self.modified: set[int] = set()
         self._timer: asyncio.TimerHandle | None = None
+        # The kernel backing (oplocks.backing), set up by ServerContext.start_kernel_leases;
+        # where it never ran, nothing is backed and grants stay SMB-level.
+        kernel = getattr(ctx, "kernel", None)
+        self.backing: KernelBacking = (kernel.backing(self._kernel_break) if kernel is not None
+                                       else null_backing(self._kernel_break))
+        self.fd_keys: dict[int, Any] = {}   # cache id -> inode whose description it shares
 
     @staticmethod
     def now() -> float:
@@ -55,7 +73,11 @@ class Caching:
 
     # ---- actions ------------------------------------------------------------------------
     def run(self, actions) -> None:
+        changed: dict = {}
         for a in actions:
+            if isinstance(a, (CachingChanged, KernelBreakDone)):
+                changed[a.file_key] = None
+                continue
             if isinstance(a, SendOplockBreak):
                 self._send_oplock_break(a)
             elif isinstance(a, Resume):
@@ -66,8 +88,25 @@ class Caching:
                 log.debug("lease break %s: %#x -> %#x epoch %d ack %s", a.lease_key.hex(),
                           a.current_state, a.new_state, a.new_epoch, a.ack_required)
                 leases.send_lease_break(a)
-            # CachingChanged / KernelBreakDone: the kernel-lease adapter's hooks (not wired).
+        for key in changed:
+            # Take, downgrade or release the kernel lease (and the watch) to match what
+            # SMB holders cache now; after KernelBreakDone this lets the local open go on.
+            self.backing.sync(key, self.table.caching_of(key))
         self._arm_timer()
+
+    def _kernel_break(self, file_key, target: int) -> None:
+        """A kernel lease break (a local open, another server) or a foreign write: every
+        SMB holder of file_key comes down to target (LEASE_R or NONE)."""
+        self.run(self.table.kernel_break(file_key, target, self.now()))
+
+    def cap_for(self, share: Any, is_dir: bool) -> int:
+        """The most caching a grant on this share's file may carry (OpenRequest.cap)."""
+        if is_dir or not self.backed(share):
+            return LEASE_RWH
+        return self.backing.cap
+
+    def backed(self, share: Any) -> bool:
+        return bool(getattr(share, "kernel_leases", False)) and self.backing.leases.running
 
     def _send_oplock_break(self, a: SendOplockBreak) -> None:
         op = self.opens.get(a.open_id)
@@ -117,8 +156,8 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
         open_id=cache_id, file_key=file_key, owner_id=conn, client_guid=conn.client_guid,
         dialect=conn.dialect, oplock_level=c.oplock, lease=lease, access_mask=access,
         create_disposition=c.disposition, is_directory=is_dir,
-        sharing_violation=sharing_violation, has_brlocks=has_brlocks, cap=LEASE_RWH,
-        first_attempt=first_attempt), cache.now())
+        sharing_violation=sharing_violation, has_brlocks=has_brlocks,
+        cap=cache.cap_for(req.tree.share, is_dir), first_attempt=first_attempt), cache.now())
     if res.status == NtStatus.PENDING:
         fut = asyncio.get_running_loop().create_future()
         cache.waiters[cache_id] = fut
@@ -147,11 +186,153 @@ def bind(ctx: Any, cache_id: int, op) -> None:
     cache.opens[cache_id] = op
 
 
+def back(ctx: Any, op, grant):
+    """After the open has its fd: make the kernel back the grant, or grant less (the
+    response has not gone out yet). Returns the grant to answer with."""
+    cache = caching_of(ctx)
+    cid = op.cache_id
+    key = cache.fd_keys.get(cid)
+    if key is None or grant is None:
+        return grant                    # directory, O_PATH open or unbacked share
+    if cache.backing.sync(key, cache.table.caching_of(key)):
+        return grant
+    log.debug("kernel cannot back write caching on %s: granting less", op.name)
+    cache.run(cache.table.limit_open(cid, ~LEASE_W & LEASE_RWH, cache.now()))
+    now = cache.table.grant_of(cid)
+    if now is None:
+        return grant
+    level, state = now
+    if grant.oplock_level == OPLOCK_LEASE:
+        return dataclasses.replace(grant, lease_state=state)
+    return dataclasses.replace(grant, oplock_level=level)
+
+
+def grants_write(grant) -> bool:
+    if grant is None:
+        return False
+    if grant.oplock_level == OPLOCK_LEASE:
+        return bool(grant.lease_state & LEASE_W)
+    return grant.oplock_level in (OPLOCK_EXCLUSIVE, OPLOCK_BATCH)
+
+
+_EAGAIN_TEXT = os.strerror(errno.EAGAIN)
+
+
+def _leased(e: BaseException) -> bool:
+    """fs.paths maps EWOULDBLOCK (an O_NONBLOCK open meeting a lease) to
+    SHARING_VIOLATION with the errno's text as the message."""
+    return isinstance(e, SmbError) and e.status == NtStatus.SHARING_VIOLATION and \
+        str(e).startswith(_EAGAIN_TEXT)
+
+
+def _dup_finish(fd: int, truncate: bool):
+    """The rest of an open that got a dup of the inode's description. I/O pool."""
+    from .info import read_stored_attributes
+    if truncate:
+        os.ftruncate(fd, 0)
+    return fd, os.fstat(fd), read_stored_attributes(fd)
+
+
+def _lease_break_time() -> float:
+    try:
+        with open("/proc/sys/fs/lease-break-time") as f:
+            return float(f.read().strip())
+    except (OSError, ValueError):
+        return 45.0
+
+
+async def open_backed(req, cache_id: int, key, share, is_dir: bool, flags: int,
+                      truncate: bool, opener):
+    """Open the existing file `key` for a CREATE: `opener(flags, truncate)` runs in the
+    I/O pool and returns (fd, stat, stored attributes).
+
+    On a backed share a regular file's SMB opens share the server's description of the
+    inode (oplocks.backing: dup instead of a second open, which would break our own
+    lease). Everywhere: an open that meets another process's kernel lease (EWOULDBLOCK,
+    the break has started) answers STATUS_PENDING and retries with backoff - the loop
+    keeps serving, a CANCEL ends the wait - until the holder gives the lease up or the
+    kernel forces it after lease-break-time."""
+    ctx = req.conn.server
+    cache = caching_of(ctx)
+    b = cache.backing
+    shared = not is_dir and not flags & os.O_PATH and cache.backed(share)
+    write = (flags & os.O_ACCMODE) != os.O_RDONLY
+    deadline = None
+    delay = 0.001
+    for _ in range(100_000):                      # bounded in time by `deadline` too
+        if shared:
+            try:
+                async with b.lock(key):
+                    fd = b.dup(key, cache_id, write)
+                    if fd >= 0:
+                        cache.fd_keys[cache_id] = key
+                        if truncate:
+                            b.own_write(key)
+                        try:
+                            return await ctx.run_io(_dup_finish, fd, truncate)
+                        except BaseException:
+                            os.close(fd)
+                            release_fd(ctx, cache_id)
+                            raise
+                    b.before_open(key, write)
+                    if truncate:
+                        b.own_write(key)
+                    try:
+                        fd, st, stored = await ctx.run_io(opener, flags, truncate)
+                    except SmbError as e:
+                        if not _leased(e):
+                            raise
+                    else:
+                        if (st.st_dev, st.st_ino) == key:
+                            b.adopt(key, cache_id, fd, write)
+                            cache.fd_keys[cache_id] = key
+                        return fd, st, stored
+            finally:
+                b.gc(key)
+        else:
+            try:
+                return await ctx.run_io(opener, flags, truncate)
+            except SmbError as e:
+                if not _leased(e):
+                    raise
+        # Another holder's kernel lease is breaking (the kernel started the break when
+        # our O_NONBLOCK open failed): wait without blocking the loop, then retry.
+        if deadline is None:
+            deadline = time.monotonic() + _lease_break_time() + 5.0
+            log.debug("open of %s meets a kernel lease: pending", key)
+            await req.go_async()
+        if time.monotonic() > deadline:
+            raise SmbError(NtStatus.SHARING_VIOLATION, "a kernel lease was not given up")
+        await req.wait(asyncio.sleep(delay))
+        delay = min(delay * 2, 0.05)
+    raise SmbError(NtStatus.SHARING_VIOLATION, "a kernel lease was not given up")
+
+
+def adopt_new(ctx: Any, cache_id: int, key, share, fd: int, flags: int) -> None:
+    """A CREATE made a new regular file: its fd is the inode's first description."""
+    cache = caching_of(ctx)
+    if flags & os.O_PATH or not cache.backed(share):
+        return
+    cache.backing.adopt(key, cache_id, fd, (flags & os.O_ACCMODE) != os.O_RDONLY)
+    cache.fd_keys[cache_id] = key
+
+
+def release_fd(ctx: Any, cache_id: int) -> None:
+    """The open (or failed CREATE) cache_id no longer uses its inode's description."""
+    cache = getattr(ctx, "_caching", None)
+    if cache is None:
+        return
+    key = cache.fd_keys.pop(cache_id, None)
+    if key is not None:
+        cache.backing.detach(key, cache_id)
+
+
 def release(ctx: Any, cache_id: int) -> None:
     """Forget a table open: the CREATE failed after the grant, or the open closed."""
     cache = getattr(ctx, "_caching", None)
     if cache is None or not cache_id:
         return
+    release_fd(ctx, cache_id)
     cache.opens.pop(cache_id, None)
     cache.waiters.pop(cache_id, None)
     cache.parent_keys.pop(cache_id, None)
@@ -186,6 +367,9 @@ def data_changed(ctx: Any, op, modifies: bool = True) -> None:
         return
     if modifies:
         cache.modified.add(cid)
+        key = cache.fd_keys.get(cid)
+        if key is not None:
+            cache.backing.own_write(key)      # the IN_MODIFY that follows is our own
     cache.run(cache.table.write(cid, cache.now()))
 
 

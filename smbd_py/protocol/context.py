@@ -34,9 +34,64 @@ class ServerContext:
         self.opens: dict[int, Open] = {}                       # volatile id -> open
         self.files: dict[tuple[int, int], FileState] = {}   # (st_dev, st_ino) -> state
         self.connections: set[Any] = set()
+        # oplocks.backing.KernelSetup once start_kernel_leases() ran (None: grants are
+        # SMB-level only, as with --no-kernel-leases).
+        self.kernel: Any = None
         # File system calls that can block (open, fsync, cold reads) run here.
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(32, (os.cpu_count() or 2) * 4), thread_name_prefix="smbd-io")
+
+    def start_kernel_leases(self) -> list[str]:
+        """Probe every share for kernel leases, start the lease adapter and the inotify
+        watcher if any share uses them, and return one status line per share. Call on
+        the event loop before serving; oplocks.kernel.reserve_lease_signal() must have
+        run on the main thread before any thread started (cli does it)."""
+        from ..oplocks import kernel as K
+        from ..oplocks.backing import KernelSetup
+        from ..oplocks.watch import ModifyWatcher
+        lines = []
+        support = {}
+        for share in self.shares.values():
+            if share.is_ipc:
+                continue
+            if not share.kernel_leases:
+                why = "--no-kernel-leases" if not self.config.kernel_leases else \
+                    "kernel_leases = false for this share"
+                lines.append(f"share {share.name}: kernel leases off ({why}); grants are "
+                             "SMB-level only: local programs, NFS and other servers will "
+                             "not break SMB client caches")
+                continue
+            sup = K.probe(share.path)
+            if not sup.on:
+                share.kernel_leases = False
+                lines.append(f"share {share.name}: {sup.describe()}")
+                continue
+            support[share.name] = sup
+            extra = "" if sup.write_ok else "; write caching is not granted"
+            lines.append(f"share {share.name}: {sup.describe()}{extra}; read caching also "
+                         "watched with inotify; handle caching SMB-level "
+                         f"({'delegations' if sup.delegations else 'no F_SETDELEG'})")
+        if not support:
+            return lines
+        loop = asyncio.get_running_loop()
+        leases = K.KernelLeases(loop)
+        watcher = ModifyWatcher(loop)
+        try:
+            leases.start()
+            watcher.start()
+        except (RuntimeError, OSError) as e:
+            log.error("kernel leases cannot start: %s; grants are SMB-level only", e)
+            watcher.close()
+            leases.close()
+            for name in support:
+                self.shares[name.casefold()].kernel_leases = False
+            return lines + [f"kernel leases: off: {e}"]
+        lt = K._read_int(K._PROC_LEASE_BREAK_TIME)
+        if lt is not None and self.config.break_timeout >= lt:
+            lines.append(f"warning: break timeout {self.config.break_timeout} s is not below "
+                         f"lease-break-time {lt} s: the kernel will force breaks first")
+        self.kernel = KernelSetup(leases, watcher, support)
+        return lines
 
     @property
     def guest_allowed(self) -> bool:
@@ -85,6 +140,11 @@ class ServerContext:
         for op in list(self.opens.values()):
             from .create import close_open_now
             close_open_now(self, op)
+        caching = getattr(self, "_caching", None)
+        if caching is not None:
+            caching.backing.close()
+        elif self.kernel is not None:
+            self.kernel.close()
         for s in self.shares.values():
             if s.root is not None:
                 s.root.close()

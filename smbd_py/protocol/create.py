@@ -270,6 +270,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
             raise
         action = A.FILE_CREATED
         is_dir = want_dir
+        if not is_dir:
+            # The new inode's first description: later opens share it (oplocks.backing).
+            caching.adopt_new(ctx, c.cache_id, (st.st_dev, st.st_ino), share, fd, flags)
         # A new inode has no other holder: the table grants at once, never waits.
         try:
             grant = await caching.acquire(req, c.cache_id, (st.st_dev, st.st_ino), c, access,
@@ -318,10 +321,16 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         if is_dir:
             flags = _O_DIR
         else:
-            flags = _open_flags(access | (A.FILE_WRITE_DATA if truncate else 0))
+            # A write-caching grant gets a writable description when the file may be
+            # written at all: its lease key's later writers then share it (oplocks.backing).
+            w = A.FILE_WRITE_DATA if truncate or (
+                caching.grants_write(grant) and not readonly_file and not share.read_only
+                and tree.maximal_access & A.FILE_WRITE_DATA) else 0
+            flags = _open_flags(access | w)
         try:
-            fd, st2, stored = await ctx.run_io(_open_existing, root, comps, is_dir, flags,
-                                               truncate and not is_dir)
+            fd, st2, stored = await caching.open_backed(
+                req, c.cache_id, key, share, is_dir, flags, truncate and not is_dir,
+                lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr))
         except BaseException:
             caching.release(ctx, c.cache_id)
             raise
@@ -357,6 +366,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
     op.delete_on_close = bool(c.options & A.FILE_DELETE_ON_CLOSE)
     op.oplock_level = grant.oplock_level
     caching.bind(ctx, c.cache_id, op)
+    grant = caching.back(ctx, op, grant)      # the kernel backs it, or less is granted
+    op.oplock_level = grant.oplock_level
     if c.options & (A.FILE_SYNCHRONOUS_IO_ALERT | A.FILE_SYNCHRONOUS_IO_NONALERT):
         op.mode |= c.options & (A.FILE_SYNCHRONOUS_IO_ALERT | A.FILE_SYNCHRONOUS_IO_NONALERT)
     if c.options & A.FILE_WRITE_THROUGH:
