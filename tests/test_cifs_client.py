@@ -304,8 +304,6 @@ def _coherence_run(ns, image, share: Path, port: int, vers: str, user: str, pass
         t.join(30)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4 (open): oplock/lease grants are not yet backed by "
-                   "kernel leases, so a local writer does not break the client's cache")
 @pytest.mark.parametrize("vers", ["3.1.1", "2.1"], ids=["smb3.1.1", "smb2.1"])
 def test_kernel_cifs_sees_local_write_after_break(ns, image, tmp_path, vers):
     """Cache coherence, the server's reason to exist: the guest reads a file (so its
