@@ -196,6 +196,10 @@ class Connection:
             offset = end
         if responses:
             self._send_responses(responses)
+            # Each request refers to this list (chain_responses) and the list to the
+            # requests: clearing it breaks the cycle, so the frame's memory (a WRITE's
+            # reusable buffer, see bufpool) is released now rather than at the next GC.
+            responses.clear()
 
     # ---- one request ------------------------------------------------------------------
     async def _process(self, req: Request, prev: Request | None, first: bool) -> bytes | None:
