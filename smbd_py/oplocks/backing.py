@@ -61,7 +61,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional
 
-from .kernel import KernelLeases, NullKernelLeases
+from .kernel import NullKernelLeases
 from .types import LEASE_H, LEASE_NONE, LEASE_R, LEASE_RWH, LEASE_W
 from .watch import ModifyWatcher
 

@@ -35,7 +35,7 @@ from ..oplocks.backing import KernelBacking, null_backing
 from ..oplocks.table import LeaseTable
 from ..oplocks.types import (LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_LEASE,
                              CachingChanged, KernelBreakDone, OpenRequest, Resume,
-                             SendLeaseBreak, SendOplockBreak, lease_to_oplock)
+                             SendLeaseBreak, SendOplockBreak)
 from ..wire.status import NtStatus, SmbError
 from . import leases
 
