@@ -10,8 +10,10 @@ which is exactly when CPython lets the bytearray be resized.
 from __future__ import annotations
 
 import sys
+import time
 
 _getrefcount = sys.getrefcount
+_monotonic = time.monotonic
 
 
 def _unshared(buf: bytearray) -> bool:
@@ -29,17 +31,25 @@ class BufferPool:
     """A few large bytearrays, handed out by exact length, reused once nothing sees them.
 
     Tracks at most `keep` buffers (the most recently made); older ones are left to the
-    garbage collector, so the pool never pins more than keep * (largest size) bytes.
+    garbage collector, so the pool never pins more than keep * (largest size) bytes, and
+    after `idle` seconds without a request for large buffers it lets go of all of them.
+    Not thread-safe: used from the event loop thread only.
     """
 
-    __slots__ = ("keep", "items")
+    __slots__ = ("keep", "idle", "items", "last_get")
 
-    def __init__(self, keep: int = 8) -> None:
+    def __init__(self, keep: int = 8, idle: float = 10.0) -> None:
         self.keep = keep
+        self.idle = idle
         self.items: list[bytearray] = []
+        self.last_get = 0.0
 
     def get(self, size: int) -> bytearray:
         """A bytearray of exactly `size` bytes (contents undefined) that nobody else uses."""
+        now = _monotonic()
+        if now - self.last_get > self.idle:
+            self.items.clear()
+        self.last_get = now
         for buf in self.items:
             # References: self.items, the loop variable, getrefcount's argument.
             if len(buf) == size and _getrefcount(buf) == 3 and _unshared(buf):
@@ -53,3 +63,8 @@ class BufferPool:
 
     def clear(self) -> None:
         self.items.clear()
+
+
+# One pool for the whole server (every connection, READ payloads and WRITE frames): a
+# new connection (smbclient opens one per transfer) finds warm buffers at once.
+shared = BufferPool()

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .bufpool import BufferPool
+from . import bufpool
 from .protocol.connection import Connection
 from .protocol.context import ServerContext
 from .wire.header import MAX_FRAME
@@ -26,13 +26,11 @@ STAGING_SIZE = 256 * 1024
 # A frame larger than this that has not fully arrived gets its own buffer. Smaller ones
 # wait in the staging buffer (whose free room after compaction is always larger).
 BIG_FRAME = 64 * 1024
-# Large-frame buffers kept for reuse per connection (smbclient keeps 2 WRITEs in flight).
-BIG_FRAME_BUFFERS = 4
 
 
 class SmbTransportProtocol(asyncio.BufferedProtocol):
     __slots__ = ("ctx", "conn", "transport", "staging", "staging_mv", "filled", "big",
-                 "big_mv", "big_got", "pool")
+                 "big_mv", "big_got")
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -43,7 +41,6 @@ class SmbTransportProtocol(asyncio.BufferedProtocol):
         self.big: bytearray | None = None   # the large frame being received (no NetBIOS header)
         self.big_mv: memoryview | None = None
         self.big_got = 0
-        self.pool = BufferPool(BIG_FRAME_BUFFERS)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -94,7 +91,7 @@ class SmbTransportProtocol(asyncio.BufferedProtocol):
                 continue
             if size > BIG_FRAME:
                 # The rest of this frame goes straight from the socket into its own buffer.
-                big = self.pool.get(size)
+                big = bufpool.shared.get(size)
                 big[:have] = mv[start:filled]
                 self.big = big
                 self.big_mv = memoryview(big)
@@ -111,7 +108,6 @@ class SmbTransportProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.big = self.big_mv = None
-        self.pool.clear()
         if self.conn is not None:
             self.conn.connection_lost()
 

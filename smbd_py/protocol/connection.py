@@ -15,7 +15,6 @@ from ..wire.header import (Command, Flags, Header, HEADER_SIZE, PROTOCOL_ID, SMB
                            TRANSFORM_PROTOCOL_ID, FRAME, RELATED_FILE_ID, SIGNATURE_OFFSET,
                            UNSOLICITED_MESSAGE_ID)
 from ..wire.status import NtStatus, SmbError
-from ..bufpool import BufferPool
 from .request import Request
 
 log = logging.getLogger("smbd_py.connection")
@@ -63,8 +62,6 @@ class Connection:
         self.inflight: dict[int, Request] = {}
         self.next_async_id = 1
         self.tasks: set[asyncio.Task] = set()
-        # READ payload buffers, reused once the transport has sent them (bufpool).
-        self.read_pool = BufferPool(4)
 
     # ---- transport side -------------------------------------------------------------
     def frame_received(self, data: bytes) -> None:

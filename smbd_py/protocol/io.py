@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import struct
 
+from .. import bufpool
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from . import caching
@@ -63,7 +64,7 @@ async def handle_read(req) -> bytes | tuple:
         from .lock import check_io_conflict
         check_io_conflict(op, offset, length, write=False)
     if length:
-        buf = conn.read_pool.get(length)
+        buf = bufpool.shared.get(length)
         n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
         # The payload is sent (and signed) from the buffer itself; the pool hands the
         # buffer out again only once the transport let go of it.

@@ -11,7 +11,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from smbd_py import server as server_mod
+from smbd_py import bufpool, server as server_mod
 from smbd_py.bufpool import BufferPool
 from smbd_py.security.signing import AES_CMAC, AES_GMAC, HMAC_SHA256, Signer
 
@@ -77,6 +77,7 @@ def test_any_chunking_gives_the_same_frames(sizes, chunks, seed):
 
 
 def test_large_frame_goes_straight_into_its_own_buffer_and_is_reused():
+    bufpool.shared.clear()
     proto, conn = make_protocol()
     seen = []
     conn.frame_received = seen.append          # keep the frame object itself
@@ -116,6 +117,22 @@ def test_pool_reuses_only_unseen_buffers():
     assert id(c) != a_id
     del view
     assert pool.get(999) is not None and len(pool.items) <= 3
+
+
+def test_pool_lets_go_after_idle(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(bufpool, "_monotonic", lambda: now[0])
+    pool = BufferPool(keep=3, idle=10.0)
+    a = pool.get(1000)
+    a_id = id(a)
+    del a
+    now[0] += 5
+    b = pool.get(1000)
+    assert id(b) == a_id
+    del b
+    now[0] += 11
+    c = pool.get(2000)
+    assert len(pool.items) == 1 and pool.items[0] is c
 
 
 @pytest.mark.parametrize("algorithm", [HMAC_SHA256, AES_CMAC, AES_GMAC])
