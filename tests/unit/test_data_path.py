@@ -73,7 +73,40 @@ def test_any_chunking_gives_the_same_frames(sizes, chunks, seed):
     feed(proto, framed(payloads), chunks)
     assert conn.frames == payloads
     assert not conn.closed
-    assert proto.big is None and proto.filled == 0
+    assert proto.big is None and proto.leftover == b""
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.sampled_from([4, 64, 5000, server_mod.BIG_FRAME + 1, 300_000]),
+                      min_size=1, max_size=5),
+       chunks=st.lists(st.integers(min_value=1, max_value=70_000), min_size=1, max_size=4))
+def test_connections_sharing_the_staging_buffer_keep_their_own_bytes(sizes, chunks):
+    # Two connections' reads alternate (as the event loop serves sockets in turn): each
+    # keeps its unfinished frame to itself although both read into one staging buffer.
+    streams, protos = [], []
+    for k in range(2):
+        payloads = [bytes([k * 100 + i]) * s for i, s in enumerate(sizes)]
+        streams.append((framed(payloads), payloads))
+        protos.append(make_protocol())
+    pos = [0, 0]
+    i = 0
+    while pos[0] < len(streams[0][0]) or pos[1] < len(streams[1][0]):
+        k = i % 2
+        want = chunks[i % len(chunks)]
+        i += 1
+        stream = streams[k][0]
+        if pos[k] >= len(stream):
+            continue
+        proto = protos[k][0]
+        buf = proto.get_buffer(-1)
+        n = min(want, len(buf), len(stream) - pos[k])
+        buf[:n] = stream[pos[k]:pos[k] + n]
+        del buf
+        proto.buffer_updated(n)
+        pos[k] += n
+    for k in range(2):
+        assert protos[k][1].frames == streams[k][1]
+        assert not protos[k][1].closed
 
 
 def test_large_frame_goes_straight_into_its_own_buffer_and_is_reused():
