@@ -13,7 +13,9 @@ Also: chmod with cifsacl (a security descriptor) must reach the disk, and cache
 coherence: while the guest holds a file open (and may cache it under a lease/oplock),
 a local process on the server rewrites it; the guest must then read the new bytes.
 (Samba 4.17 with kernel oplocks fails that one too: it breaks the client's batch
-oplock to level II, which it does not back with a kernel lease.)
+oplock to level II, which it does not back with a kernel lease.) And the other way
+round: a write the guest still holds in its page cache under its lease is what a local
+reader on the server reads (the reader's open waits for the client's write-back).
 """
 
 from __future__ import annotations
@@ -318,3 +320,146 @@ def test_kernel_cifs_sees_local_write_after_break(ns, image, tmp_path, vers):
     finally:
         ns.stop(srv.proc)
 
+
+
+# Acceptance 7, first half: the guest's write lives only in its page cache (one
+# descriptor, held open, no fsync, periodic write-back off) when a local reader on the
+# server opens the file; the reader must see it. Every close() of any descriptor of the
+# file flushes (shared/reference/oplocks-leases-kernel.md section 6), so data.txt is fd 1
+# of a subshell that then runs shell builtins only, whose redirections touch fds 0 and 2,
+# never fd 1 (a builtin's `>&3` would dup and close a descriptor of the file, flushing
+# it). Measured with this 6.1 client under an RWH lease (v2, granted RWH by the server),
+# the write goes through at once anyway when it is the mount's first write-open, when
+# the open is the first access to the name or comes right after a read of it, and when
+# a file is then created in the same directory: so the guest writes a warm-up file
+# elsewhere, stats data.txt and pauses, says "CACHED" (with /proc/meminfo's Dirty) on
+# its serial port - the host acts on that line while the guest runs - and waits for the
+# host's answer in another directory. The host checks on disk (stat, which breaks no
+# lease) that the bytes really stayed in the guest.
+_DIRTY_SCRIPT = r"""
+set -e
+M=/mnt/s
+mkdir -p $M
+mount -t cifs //{host}/share $M -o username={user},password={password},vers={vers},port={port}
+echo "MOUNT OK"
+echo 0 > /proc/sys/vm/dirty_writeback_centisecs
+echo 360000 > /proc/sys/vm/dirty_expire_centisecs
+mkfifo /tmp/tick
+exec 4<>/tmp/tick          # read -t on it blocks for its timeout: a builtin sleep
+printf warm > $M/ctl/warmup  # this client's first write-open of a mount writes through
+echo "FIRST SIZE $(stat -c %s $M/co/data.txt)"
+sleep 2
+set +e                     # read -t fails on its timeout
+(
+    exec 1<>$M/co/data.txt
+    printf '%s' '{payload}'
+    : 2>/tmp/written
+    i=0
+    while [ ! -e $M/ctl/done ]; do
+        i=$((i+1)); [ $i -le {wait_s} ] || exit 3
+        read -t 1 x 0<&4 2>/dev/null
+    done
+    exit 0
+) &
+holder=$!
+i=0
+while [ ! -e /tmp/written ]; do
+    i=$((i+1)); [ $i -le 30 ] || {{ echo "HOLDER NEVER WROTE"; exit 4; }}
+    read -t 1 x 0<&4
+done
+echo "CACHED $(grep -E '^Dirty:' /proc/meminfo | tr -s ' ')"
+wait $holder
+echo "HOLDER rc=$?"
+set -e
+echo "AFTER $(cat $M/co/data.txt)"
+umount $M
+echo "UMOUNT OK"
+"""
+_DIRTY_PAYLOAD = "written-by-the-guest-and-kept-in-its-page-cache"
+
+
+def _dirty_run(ns, image, share: Path, port: int, vers: str, server_log) -> None:
+    import subprocess
+    import threading
+
+    co = share / "co"
+    co.mkdir()
+    ctl = share / "ctl"
+    ctl.mkdir()
+    data = co / "data.txt"
+    old = b"version-1\n"
+    data.write_bytes(old)
+    cached = threading.Event()
+
+    def on_line(line: str) -> None:
+        if line.startswith("CACHED"):
+            cached.set()
+    script = _DIRTY_SCRIPT.format(host=ns.host_addr, user=USER, password=PASSWORD, vers=vers,
+                                  port=port, payload=_DIRTY_PAYLOAD, wait_s=GUEST_TIMEOUT_S // 2)
+    result: dict = {}
+
+    def guest() -> None:
+        try:
+            result["r"] = cifs_vm.CifsVm(ns, image).run_in_guest(
+                script, timeout_s=GUEST_TIMEOUT_S, on_line=on_line)
+        except BaseException as e:  # reported by the main thread
+            result["err"] = e
+
+    t = threading.Thread(target=guest, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + GUEST_TIMEOUT_S
+        while not cached.wait(0.2):
+            assert t.is_alive() and time.monotonic() < deadline, \
+                f"guest never said CACHED: {result}\n{server_log()}"
+        ino = data.stat().st_ino
+        leases = [ln for ln in Path("/proc/locks").read_text().splitlines()
+                  if "LEASE" in ln and f":{ino} " in ln]
+        # stat() breaks no lease: the disk still has the old bytes, so the write really
+        # is only in the guest's page cache (the client was granted write caching).
+        size_before = data.stat().st_size
+        # The local reader, in its own process: its open breaks the server's kernel
+        # lease; the server breaks the client, the client writes back and acks, and
+        # only then does the open return.
+        t0 = time.monotonic()
+        reader = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())", str(data)],
+            capture_output=True, timeout=60)
+        waited = time.monotonic() - t0
+        (ctl / "done").write_bytes(b"")
+        print(f"\n[cifs] vers={vers}: local reader waited {waited:.2f}s for the client's write-back")
+        t.join(GUEST_TIMEOUT_S + 30)
+        assert not t.is_alive(), "guest thread did not finish"
+        if "err" in result:
+            raise result["err"]
+        r = result["r"]
+        log = server_log()
+        diag = (f"--- kernel leases on data.txt before the local read: {leases}\n"
+                f"--- reader rc={reader.returncode} stderr={reader.stderr[-2000:]!r}\n"
+                f"--- output ---\n{r.output}\n--- console ---\n{r.console[-3000:]}\n"
+                f"--- server ---\n{log}")
+        assert r.rc == 0 and "UMOUNT OK" in r.output and "HOLDER rc=0" in r.output, diag
+        assert size_before == len(old), \
+            f"the guest's write reached the disk before the local read ({size_before} bytes)\n" + diag
+        assert reader.returncode == 0, diag
+        assert reader.stdout == _DIRTY_PAYLOAD.encode(), \
+            f"the local reader read {reader.stdout!r}, not the client's cached write\n" + diag
+        assert leases, "the server held no kernel lease while the client cached a write\n" + diag
+        assert "kernel lease break on" in log, diag
+        assert f"AFTER {_DIRTY_PAYLOAD}" in r.output, diag
+        assert waited < 20, f"local read waited {waited:.1f}s\n" + diag
+    finally:
+        t.join(30)
+
+
+def test_kernel_cifs_cached_write_reaches_local_reader(ns, image, tmp_path):
+    """Acceptance 7, first half: the kernel cifs client (vers=3.1.1, cache=strict) holds
+    its lease and a write in its page cache; a local reader on the server must read it."""
+    srv = _start_smbd_py(ns, tmp_path, 15401)
+    try:
+        _dirty_run(ns, image, srv.share, srv.port, "3.1.1", srv.log_tail)
+        assert srv.proc.poll() is None, srv.log_tail()
+        assert "internal error" not in srv.log_text(), srv.log_tail()
+    finally:
+        ns.stop(srv.proc)

@@ -11,7 +11,9 @@ This module owns three things:
 * the *guest runner*: boots the VM inside that netns with a test's shell script
   appended to the initramfs as a second cpio archive, and parses the script's
   output and exit code from a dedicated serial port (ttyS1; the kernel's own
-  console is ttyS0, so kernel messages never interleave with test output).
+  console is ttyS0, so kernel messages never interleave with test output);
+  ``run_in_guest(..., on_line=cb)`` also hands each line to ``cb`` while the guest
+  runs, so a test can act on the host at a marker the script prints.
 
 It also carries a minimal Samba smbd launcher (``start_samba``) used by the
 self-test; it deliberately does not depend on tests/peers/samba.py.
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 # ---------------------------------------------------------------------------
 # Constants
@@ -529,25 +531,34 @@ class CifsVm:
             "-device", "virtio-net-pci,netdev=n0,romfile=",
         ]
 
-    def run_in_guest(self, script: str, *, timeout_s: float = 120) -> GuestResult:
+    def run_in_guest(self, script: str, *, timeout_s: float = 120,
+                     on_line: Callable[[str], None] | None = None) -> GuestResult:
         """Boots, runs script with /bin/sh (busybox), powers off. Raises GuestTimeout
         (qemu killed) if it does not finish in timeout_s, CifsVmError if the guest died
-        without reporting an exit code."""
+        without reporting an exit code.
+
+        on_line, when given, is called (in this thread) with every complete line the
+        script prints, while the guest still runs: a test can wait for a marker and act
+        on the host at that moment (polled every 50 ms)."""
         mark = f"@@SMBPY-CIFS-{secrets.token_hex(6)}@@"
         with tempfile.TemporaryDirectory(prefix="smbpy-cifs-vm-", dir=self.work_dir) as td:
             tdp = Path(td)
             initrd, console_log, output_log = tdp / "initrd.gz", tdp / "console.log", tdp / "output.log"
             self._initrd_with_script(initrd, script, mark)
             t0 = time.monotonic()
-            proc = self.ns.popen(self.qemu_argv(initrd, console_log, output_log),
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            try:
-                qemu_out, _ = proc.communicate(timeout=timeout_s)
-                timed_out = False
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, grace_s=2)
-                qemu_out, _ = proc.communicate(timeout=10)
-                timed_out = True
+            if on_line is None:
+                proc = self.ns.popen(self.qemu_argv(initrd, console_log, output_log),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                try:
+                    qemu_out, _ = proc.communicate(timeout=timeout_s)
+                    timed_out = False
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc, grace_s=2)
+                    qemu_out, _ = proc.communicate(timeout=10)
+                    timed_out = True
+            else:
+                qemu_out, timed_out, proc = self._run_streaming(
+                    tdp, initrd, console_log, output_log, mark, timeout_s, on_line)
             elapsed = time.monotonic() - t0
             console = _read_text(console_log)
             raw = _read_text(output_log)
@@ -560,6 +571,50 @@ class CifsVm:
                 f"qemu said {(qemu_out or b'').decode(errors='replace')[-2000:]!r}\n"
                 f"--- output ---\n{output[-4000:]}\n--- console ---\n{console[-4000:]}")
         return GuestResult(rc=rc, output=output, console=console, elapsed_s=elapsed)
+
+    def _run_streaming(self, tdp: Path, initrd: Path, console_log: Path, output_log: Path,
+                       mark: str, timeout_s: float, on_line: Callable[[str], None]):
+        """run_in_guest's qemu run with on_line: qemu's own output goes to a file (no pipe
+        to drain), the serial log is tailed until qemu exits or timeout_s passes."""
+        qemu_log = tdp / "qemu.log"
+        with open(qemu_log, "wb") as qlog:
+            proc = self.ns.popen(self.qemu_argv(initrd, console_log, output_log),
+                                 stdout=qlog, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        seen = 0            # bytes of the serial log already split into lines
+        begun = False       # the script's output starts after "<mark> BEGIN"
+        pending = b""
+        timed_out = False
+        try:
+            while True:
+                done = proc.poll() is not None
+                try:
+                    with open(output_log, "rb") as f:
+                        f.seek(seen)
+                        chunk = f.read()
+                except OSError:
+                    chunk = b""
+                seen += len(chunk)
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode("utf-8", errors="replace").rstrip("\r")
+                    if not begun:
+                        begun = line == f"{mark} BEGIN"
+                    elif not line.startswith(f"{mark} END"):
+                        on_line(line)
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    _kill_group(proc, grace_s=2)
+                    timed_out = True
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            _kill_group(proc, grace_s=2)
+            raise
+        proc.wait(timeout=10)
+        return qemu_log.read_bytes(), timed_out, proc
 
 
 def _read_text(path: Path) -> str:
