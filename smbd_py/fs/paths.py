@@ -99,6 +99,33 @@ def _probe_openat2() -> bool:
 
 OPENAT2_AVAILABLE = _probe_openat2()
 
+# RESOLVE_CACHED (Linux 5.12): the lookup fails with EAGAIN instead of doing any I/O or
+# revalidation, so an open that succeeds with it never waited on the disk. The event
+# loop opens with it inline and falls back to the I/O pool on EAGAIN.
+RESOLVE_CACHED = 0x20
+
+
+def _probe_resolve_cached() -> bool:
+    if not OPENAT2_AVAILABLE:
+        return False
+    try:
+        fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED)
+        r = _syscall(_SYS_openat2, ctypes.c_int(fd), b".", ctypes.byref(how),
+                     ctypes.c_size_t(_OPEN_HOW_SIZE))
+        if r >= 0:
+            os.close(r)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+RESOLVE_CACHED_AVAILABLE = _probe_resolve_cached()
+
 
 # ---------------------------------------------------------------------------
 # statx(2): the only way to learn a file's birth time on Linux from Python 3.11.
@@ -548,6 +575,24 @@ class ShareRoot:
             return self._fstat(fd)
         finally:
             os.close(fd)
+
+    def open_cached(self, components, flags: int) -> int:
+        """Open exactly `components` (no case folding) only if the kernel can do it from
+        its caches without any I/O (openat2 RESOLVE_CACHED): safe to call on the event
+        loop. Returns the fd, or -1 when the caller must use open() in the I/O pool
+        (not cached, not found under this spelling, a leased file answering EWOULDBLOCK
+        to O_NONBLOCK, or O_CREAT/O_TRUNC, which RESOLVE_CACHED refuses). Never raises."""
+        if not RESOLVE_CACHED_AVAILABLE or not self.use_openat2 or self._closed:
+            return -1
+        how = _OpenHow(flags | _O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED)
+        path = "/".join(components) if components else "."
+        fd = _syscall(_SYS_openat2, ctypes.c_int(self.fd), os.fsencode(path),
+                      ctypes.byref(how), ctypes.c_size_t(_OPEN_HOW_SIZE))
+        return fd if fd >= 0 else -1
+
+    def fstat(self, fd: int):
+        """The stat this root's stat() returns (StatX with use_statx)."""
+        return self._fstat(fd)
 
     def open_dir(self, components) -> int:
         """An fd suitable for listing (O_RDONLY|O_DIRECTORY)."""

@@ -242,7 +242,7 @@ def _lease_break_time() -> float:
 
 
 async def open_backed(req, cache_id: int, key, share, is_dir: bool, flags: int,
-                      truncate: bool, opener):
+                      truncate: bool, opener, fast=None):
     """Open the existing file `key` for a CREATE: `opener(flags, truncate)` runs in the
     I/O pool and returns (fd, stat, stored attributes).
 
@@ -251,7 +251,11 @@ async def open_backed(req, cache_id: int, key, share, is_dir: bool, flags: int,
     lease). Everywhere: an open that meets another process's kernel lease (EWOULDBLOCK,
     the break has started) answers STATUS_PENDING and retries with backoff - the loop
     keeps serving, a CANCEL ends the wait - until the holder gives the lease up or the
-    kernel forces it after lease-break-time."""
+    kernel forces it after lease-break-time.
+
+    `fast(flags, truncate)`, if given, is tried first on the event loop for opens
+    outside the shared descriptions (it must never block: create.py's inline open);
+    None from it means: use `opener` in the pool."""
     ctx = req.conn.server
     cache = caching_of(ctx)
     b = cache.backing
@@ -290,6 +294,10 @@ async def open_backed(req, cache_id: int, key, share, is_dir: bool, flags: int,
             finally:
                 b.gc(key)
         else:
+            if fast is not None:
+                got = fast(flags, truncate)
+                if got is not None:
+                    return got
             try:
                 return await ctx.run_io(opener, flags, truncate)
             except SmbError as e:

@@ -4,6 +4,7 @@ contexts (MxAc, QFid), named pipes on IPC$, and closing."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import stat as stat_mod
@@ -192,6 +193,60 @@ def _stat_target(root, comps):
     return comps, st
 
 
+def _stat_target_inline(root, comps):
+    """_stat_target on the event loop when the kernel's caches answer it without I/O
+    (fs.paths ShareRoot.open_cached); None when the I/O pool must do it (not cached,
+    or the exact spelling is missing and case-insensitive resolution must read the
+    directory). An open+close loop then makes no pool trip at all."""
+    fd = root.open_cached(comps, os.O_PATH)
+    if fd < 0:
+        return None
+    try:
+        return comps, root.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+# DOS attributes kept in the xattr, per inode, as last read: (st_ctime_ns, value).
+# Setting an xattr changes ctime (and multigrain timestamps make that change visible
+# once ctime was queried), so a matching ctime means the value read then still holds
+# and the open need not read the xattr (an I/O pool trip) again.
+_STORED_MAX = 4096
+_stored_cache: dict[tuple[int, int], tuple[int, int | None]] = {}
+_MISS = object()
+
+
+def _stored_lookup(st):
+    hit = _stored_cache.get((st.st_dev, st.st_ino))
+    if hit is not None and hit[0] == st.st_ctime_ns:
+        return hit[1]
+    return _MISS
+
+
+def _stored_remember(st, stored) -> None:
+    if len(_stored_cache) >= _STORED_MAX:
+        _stored_cache.clear()
+    _stored_cache[(st.st_dev, st.st_ino)] = (st.st_ctime_ns, stored)
+
+
+def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool):
+    """_open_existing on the event loop for opens that cannot block: O_PATH (stat opens:
+    no file-system open method, never meets a lease) and directories, looked up from the
+    kernel's caches only. Returns (fd, stat, stored attributes or _MISS), or None when
+    the I/O pool must do it."""
+    if truncate or not (is_dir or flags & os.O_PATH):
+        return None
+    fd = root.open_cached(comps, _O_DIR if is_dir else flags)
+    if fd < 0:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd, st, _stored_lookup(st)
+
+
 def _create_new(root, comps, is_dir: bool, mode: int, flags: int):
     """Create a new file or directory; returns (fd, stat). Runs in the I/O pool."""
     if is_dir:
@@ -236,7 +291,8 @@ async def handle_create(req) -> bytes:
     c.cache_id = caching.new_cache_id()
     c.first_attempt = True
     for attempt in range(8):
-        comps, st = await ctx.run_io(_stat_target, root, comps)
+        found = _stat_target_inline(root, comps)
+        comps, st = found if found is not None else await ctx.run_io(_stat_target, root, comps)
         result = await _create_or_open(req, c, root, comps, st, want_dir)
         if result is not None:
             return result
@@ -330,7 +386,16 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         try:
             fd, st2, stored = await caching.open_backed(
                 req, c.cache_id, key, share, is_dir, flags, truncate and not is_dir,
-                lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr))
+                lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr),
+                fast=lambda fl, tr: _open_existing_inline(root, comps, is_dir, fl, tr))
+            if stored is _MISS:
+                try:
+                    from .info import read_stored_attributes
+                    stored = await ctx.run_io(read_stored_attributes, fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+            _stored_remember(st2, stored)
         except BaseException:
             caching.release(ctx, c.cache_id)
             raise
@@ -535,6 +600,19 @@ def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
                 log.info("delete on close of %s failed: %s", "/".join(comps), e)
 
 
+def _closes_inline(fd: int, is_dir: bool) -> bool:
+    """close(2) that cannot block, done on the event loop: an O_PATH descriptor has no
+    file-system flush or release to run, and a directory has no dirty data to flush.
+    Regular files' descriptors close in the pool (flush on close on network file
+    systems, the last reference's release)."""
+    if is_dir:
+        return True
+    try:
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH)
+    except OSError:
+        return False
+
+
 async def close_open(ctx, op: Open) -> None:
     delete, fs = _detach(ctx, op)
     if op.pipe is not None:
@@ -542,7 +620,9 @@ async def close_open(ctx, op: Open) -> None:
         return
     fd, op.fd = op.fd, -1
     comps = fs.components if fs is not None else op.components
-    if delete or fd >= 0:
+    if not delete and fd >= 0 and _closes_inline(fd, op.is_dir):
+        os.close(fd)
+    elif delete or fd >= 0:
         await ctx.run_io(_finish_close, op.tree.share.root, fd, delete, comps, op.is_dir)
     if delete:
         caching.dir_changed(ctx, op.tree.share, comps, op.conn.client_guid)
