@@ -67,9 +67,16 @@ class Caching:
                                        else null_backing(self._kernel_break))
         self.fd_keys: dict[int, Any] = {}   # cache id -> inode whose description it shares
 
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        # The server's loop, kept: asyncio.get_running_loop() makes a getpid(2) call
+        # each time on Python 3.11, and this runs on every CREATE and CLOSE. A stopped
+        # loop (tests run one per test; shutdown) is asked again, and raises as before.
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.time()
 
     # ---- actions ------------------------------------------------------------------------
     def run(self, actions) -> None:

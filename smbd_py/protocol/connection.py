@@ -24,6 +24,47 @@ NO_SESSION_COMMANDS = frozenset({Command.NEGOTIATE, Command.SESSION_SETUP, Comma
                                  Command.CANCEL})
 NO_TREE_COMMANDS = NO_SESSION_COMMANDS | {Command.LOGOFF, Command.TREE_CONNECT}
 ZERO_SIGNATURE = b"\0" * 16
+class _Started:
+    """Awaitable over a coroutine that has already run up to its first suspension
+    (it yielded `first`, a future or None): a Task driving this carries on where the
+    coroutine stopped, passing results and exceptions (CancelledError) through."""
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro, first) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self):
+        coro, yielded = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as e:
+                try:
+                    yielded = coro.throw(e)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def _resume(started: _Started):
+    return await started
+
+
+# Plain ints on the per-request paths: IntFlag arithmetic builds enum members (slow).
+_SERVER_TO_REDIR = int(Flags.SERVER_TO_REDIR)
+_RELATED_OPERATIONS = int(Flags.RELATED_OPERATIONS)
+_SIGNED = int(Flags.SIGNED)
+_ASYNC_COMMAND = int(Flags.ASYNC_COMMAND)
+_ECHO_FLAGS = int(Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK)
 
 
 class Disconnect(Exception):
@@ -65,7 +106,15 @@ class Connection:
 
     # ---- transport side -------------------------------------------------------------
     def frame_received(self, data: bytes) -> None:
-        task = asyncio.ensure_future(self._handle_frame(data))
+        # The frame is handled at once, inside this transport callback: most requests
+        # (CREATE, CLOSE, QUERY_INFO, ...) finish without waiting, and then cost no Task
+        # and no extra loop iteration. One that waits goes on in a Task from there.
+        coro = self._handle_frame(data)
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        task = asyncio.ensure_future(_resume(_Started(coro, yielded)))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -166,7 +215,7 @@ class Connection:
                 hdr = Header.parse(mv, offset)
             except ValueError as e:
                 raise Disconnect(str(e)) from e
-            if hdr.flags & Flags.SERVER_TO_REDIR:
+            if hdr.flags & _SERVER_TO_REDIR:
                 raise Disconnect("response flag on a request")
             if hdr.next_command:
                 if hdr.next_command % 8 or hdr.next_command < HEADER_SIZE or offset + hdr.next_command > total:
@@ -178,7 +227,7 @@ class Connection:
             req.in_compound = offset != 0 or hdr.next_command != 0
             req.last_in_chain = not hdr.next_command
             req.chain_responses = responses
-            req.related = bool(hdr.flags & Flags.RELATED_OPERATIONS)
+            req.related = bool(hdr.flags & _RELATED_OPERATIONS)
             req.encrypted_by = encrypted_session
             body = await self._process(req, prev, first=(offset == 0))
             if body is not None:
@@ -293,7 +342,7 @@ class Connection:
         if sess.encrypt_data and req.hdr.command not in (Command.NEGOTIATE, Command.SESSION_SETUP):
             # MS-SMB2 3.3.5.2.9: a session that requires encryption refuses plain requests.
             raise SmbError(NtStatus.ACCESS_DENIED)
-        signed = bool(req.hdr.flags & Flags.SIGNED)
+        signed = bool(req.hdr.flags & _SIGNED)
         req.was_signed = signed
         signer = sess.signer_for(self)
         if signer is None:
@@ -369,9 +418,9 @@ class Connection:
     # ---- responses --------------------------------------------------------------------
     def _build_header(self, req: Request) -> Header:
         hdr = req.hdr
-        flags = Flags.SERVER_TO_REDIR | (hdr.flags & (Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK))
+        flags = _SERVER_TO_REDIR | (hdr.flags & _ECHO_FLAGS)
         if req.interim_sent:
-            flags |= Flags.ASYNC_COMMAND
+            flags |= _ASYNC_COMMAND
             credits = 0
         else:
             credits = self._grant_credits(hdr)

@@ -57,6 +57,10 @@ class Flags(enum.IntFlag):
     REPLAY_OPERATION = 0x20000000
 
 
+# Plain ints for the per-request paths: IntFlag arithmetic builds enum members (slow).
+_ASYNC_COMMAND = int(Flags.ASYNC_COMMAND)
+
+
 class Header:
     """A parsed SMB2 header. Mutable so that responses can be built from requests."""
 
@@ -96,7 +100,7 @@ class Header:
         h.flags = flags
         h.next_command = next_command
         h.message_id = message_id
-        if flags & Flags.ASYNC_COMMAND:
+        if flags & _ASYNC_COMMAND:
             h.async_id = reserved | (tree_id << 32)
             h.tree_id = 0
         else:
@@ -107,7 +111,7 @@ class Header:
         return h
 
     def pack_into(self, buf, offset: int = 0) -> None:
-        if self.flags & Flags.ASYNC_COMMAND:
+        if self.flags & _ASYNC_COMMAND:
             low, high = self.async_id & 0xFFFFFFFF, self.async_id >> 32
         else:
             low, high = 0, self.tree_id
