@@ -342,6 +342,28 @@ _O_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _O_LIST_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
+LOCAL_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay",
+                               "f2fs", "zfs", "bcachefs", "jfs", "reiserfs"})
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the file system holding `path`, from /proc/self/mountinfo ('' if unknown)."""
+    best, kind = -1, ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mnt = fields[4].replace("\\040", " ")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best:
+                    best, kind = len(mnt), right.split()[0]
+    except OSError:
+        return ""
+    return kind
+
+
 class ShareRoot:
     """A share directory, kept open; every path operation stays beneath it.
 
@@ -359,6 +381,9 @@ class ShareRoot:
         self.fd = os.open(self.path, _O_PATH_DIR)
         self._closed = False
         self._lock = threading.Lock()
+        # Opening and stat'ing on the event loop is only safe where the kernel answers
+        # from memory: on NFS, CIFS or FUSE a stat may wait on the network.
+        self.local_fs = filesystem_type(self.path) in LOCAL_FILESYSTEMS
 
     # -- lifecycle --------------------------------------------------------
     def close(self) -> None:
@@ -582,7 +607,7 @@ class ShareRoot:
         loop. Returns the fd, or -1 when the caller must use open() in the I/O pool
         (not cached, not found under this spelling, a leased file answering EWOULDBLOCK
         to O_NONBLOCK, or O_CREAT/O_TRUNC, which RESOLVE_CACHED refuses). Never raises."""
-        if not RESOLVE_CACHED_AVAILABLE or not self.use_openat2 or self._closed:
+        if not RESOLVE_CACHED_AVAILABLE or not self.use_openat2 or self._closed or not self.local_fs:
             return -1
         how = _OpenHow(flags | _O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED)
         path = "/".join(components) if components else "."

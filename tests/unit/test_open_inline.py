@@ -151,3 +151,17 @@ async def test_started_passes_cancellation():
         await task
     assert seen == ["cancelled"]
     assert fut.cancelled()
+
+
+def test_inline_open_only_on_local_filesystems(tmp_path):
+    """On a file system that is not known to answer from memory (here: proc) the loop
+    never opens or stats: open_cached defers to the pool."""
+    from smbd_py.fs.paths import LOCAL_FILESYSTEMS, ShareRoot, filesystem_type
+    assert filesystem_type(str(tmp_path)) in LOCAL_FILESYSTEMS
+    assert filesystem_type("/proc/self") == "proc"
+    root = ShareRoot("/proc/self")
+    try:
+        assert not root.local_fs
+        assert root.open_cached(("status",), os.O_PATH) == -1
+    finally:
+        root.close()
