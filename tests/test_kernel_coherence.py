@@ -46,7 +46,7 @@ import pytest
 
 from tests.peers.local_io import LeaseHolder, LocalProc
 from tests.peers.samba import samba_server
-from tests.peers.smbd_py_server import smbd_py_server
+from tests.peers.smbd_py_server import checked_server, smbd_py_server
 from tests.smb2client import (RWH, Access, Dialect, Disposition, LeaseBreak,
                               LeaseRequest, Oplock, OplockBreak, ShareAccess, Smb2Client, W,
                               R, new_lease_key)
@@ -79,19 +79,15 @@ LOCAL_WAIT_S = KERNEL_BREAK_S + 15  # bound on any local open (the kernel ends i
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    share = tmp_path_factory.mktemp("kcoher")
-    with smbd_py_server(str(share), port=PORT, log_level="debug") as s:
+    with checked_server(tmp_path_factory, "kcoher", port=PORT) as s:
         yield s
-        assert s.alive(), "server died:\n" + s.log_tail()
 
 
 @pytest.fixture(scope="module")
 def srv_short(tmp_path_factory):
-    share = tmp_path_factory.mktemp("kcoher-short")
-    with smbd_py_server(str(share), port=PORT_SHORT, log_level="debug",
+    with checked_server(tmp_path_factory, "kcoher-short", port=PORT_SHORT,
                         extra_args=("--break-timeout", str(SHORT_BREAK_TIMEOUT_S))) as s:
         yield s
-        assert s.alive(), "server died:\n" + s.log_tail()
 
 
 @pytest.fixture

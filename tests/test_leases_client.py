@@ -28,7 +28,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tests.peers.smbd_py_server import smbd_py_server  # noqa: E402
+from tests.peers.smbd_py_server import checked_server  # noqa: E402
 from tests.smb2client import (RH, RWH, R, Access, Dialect, Disposition,  # noqa: E402
                               LeaseBreak, LeaseRequest, Oplock, OplockBreak, Smb2Client,
                               new_lease_key)
@@ -43,19 +43,15 @@ ECHO_LIMIT_S = 0.050
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    share = tmp_path_factory.mktemp("leases")
-    with smbd_py_server(str(share), port=PORT, log_level="debug") as s:
+    with checked_server(tmp_path_factory, "leases", port=PORT) as s:
         yield s
-        assert s.alive(), "server died:\n" + s.log_tail()
 
 
 @pytest.fixture(scope="module")
 def srv_short(tmp_path_factory):
-    share = tmp_path_factory.mktemp("leases-timeout")
-    with smbd_py_server(str(share), port=PORT_SHORT_TIMEOUT, log_level="debug",
+    with checked_server(tmp_path_factory, "leases-timeout", port=PORT_SHORT_TIMEOUT,
                         extra_args=("--break-timeout", "1")) as s:
         yield s
-        assert s.alive(), "server died:\n" + s.log_tail()
 
 
 async def session(s, dialect=Dialect.SMB311):

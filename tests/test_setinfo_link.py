@@ -16,7 +16,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from tests.peers.smbd_py_server import smbd_py_server  # noqa: E402
+from tests.peers.smbd_py_server import checked_server  # noqa: E402
 from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client  # noqa: E402
 from tests.smb2client import wire  # noqa: E402
 
@@ -29,11 +29,8 @@ STATUS_FILE_IS_A_DIRECTORY = 0xC00000BA
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    share = tmp_path_factory.mktemp("linkshare")
-    with smbd_py_server(str(share), port=PORT, log_level="debug") as s:
+    with checked_server(tmp_path_factory, "linkshare", port=PORT) as s:
         yield s
-        assert s.alive(), s.log_tail()
-        assert "internal error" not in open(s.log_path).read()
 
 
 async def _session(srv):

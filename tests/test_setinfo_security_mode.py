@@ -22,7 +22,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from smbd_py.fs import secdesc  # noqa: E402
-from tests.peers.smbd_py_server import smbd_py_server  # noqa: E402
+from tests.peers.smbd_py_server import checked_server  # noqa: E402
 from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client  # noqa: E402
 from tests.smb2client import wire  # noqa: E402
 
@@ -79,11 +79,8 @@ def test_dacl_to_mode_deny_generic_and_inherit_only():
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    share = tmp_path_factory.mktemp("sdshare")
-    with smbd_py_server(str(share), port=PORT, log_level="debug") as s:
+    with checked_server(tmp_path_factory, "sdshare", port=PORT) as s:
         yield s
-        assert s.alive(), s.log_tail()
-        assert "internal error" not in open(s.log_path).read()
 
 
 async def _session(srv):

@@ -108,3 +108,16 @@ def smbd_py_server(share_path: str | None = None, *, host: str = "127.0.0.1", po
             if os.environ.get("SMBD_PY_KEEP_LOGS"):
                 os.makedirs("/tmp/smbd_py-logs", exist_ok=True)
                 os.replace(log_path, f"/tmp/smbd_py-logs/{port}.log")
+
+
+@contextlib.contextmanager
+def checked_server(tmp_path_factory, name: str, **kw) -> Iterator[SmbdPy]:
+    """A server on a fresh share for a module's tests; afterwards it must still be alive
+    and its log free of internal errors (a handler that crashed instead of answering)."""
+    share = tmp_path_factory.mktemp(name)
+    kw.setdefault("log_level", "debug")
+    with smbd_py_server(str(share), **kw) as s:
+        yield s
+        assert s.alive(), "server died:\n" + s.log_tail()
+        with open(s.log_path, errors="replace") as f:
+            assert "internal error" not in f.read(), s.log_tail()
