@@ -67,6 +67,17 @@ _ASYNC_COMMAND = int(Flags.ASYNC_COMMAND)
 _ECHO_FLAGS = int(Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK)
 
 
+_HANDLERS: dict = {}
+
+
+def _load_handlers() -> dict:
+    # The command modules import this one, so the table is bound on first use rather
+    # than at import time; after that the per-request cost is one global lookup.
+    from .dispatch import HANDLERS
+    _HANDLERS.update(HANDLERS)
+    return _HANDLERS
+
+
 class Disconnect(Exception):
     """The request breaks the protocol badly enough that the connection must be dropped."""
 
@@ -272,8 +283,7 @@ class Connection:
             if hdr.tree_id == 0xFFFFFFFF:
                 hdr.tree_id = prev.hdr.tree_id
         try:
-            from .dispatch import HANDLERS
-            handler = HANDLERS.get(cmd)
+            handler = (_HANDLERS or _load_handlers()).get(cmd)
             if handler is None:
                 raise SmbError(NtStatus.INVALID_PARAMETER)
             if cmd not in NO_SESSION_COMMANDS:
