@@ -301,6 +301,11 @@ class Connection:
             if req.related and prev is not None:
                 req.out_file_id = prev.out_file_id
                 req.prev_status = prev.status
+            faults = self.server.faults
+            if faults is not None:
+                # Injected faults (protocol.faults, driven by smbd_py.testing): the
+                # wrapper fails the request, or delays or drops its response.
+                handler = faults.wrap(req, handler)
             self.inflight[hdr.message_id] = req
             try:
                 body = await handler(req)

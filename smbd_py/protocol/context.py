@@ -34,6 +34,9 @@ class ServerContext:
         self.opens: dict[int, Open] = {}                       # volatile id -> open
         self.files: dict[tuple[int, int], FileState] = {}   # (st_dev, st_ino) -> state
         self.connections: set[Any] = set()
+        # protocol.faults.FaultPlan while a test injects faults; None in production
+        # (the connection's only cost is testing this attribute).
+        self.faults: Any = None
         # oplocks.backing.KernelSetup once start_kernel_leases() ran (None: grants are
         # SMB-level only, as with --no-kernel-leases).
         self.kernel: Any = None
