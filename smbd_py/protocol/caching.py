@@ -147,6 +147,35 @@ def caching_of(ctx: Any) -> Caching:
     return c
 
 
+def break_file(ctx: Any, file_key, target: int) -> list:
+    """Break every SMB holder of file_key down to `target` (lease bits): each lease to
+    its state & target (RWH -> R, RH, NONE, ...), each oplock caching more than target
+    to LEVEL_II when target keeps R, else NONE. This is a kernel break's path
+    (table.kernel_break) to any state and without capping later grants: the way to
+    break a file on demand (smbd_py.testing). Acks, break timeouts and waiting opens
+    then take their usual course. Returns the table actions it ran (the
+    SendLeaseBreak/SendOplockBreak among them name who was broken)."""
+    from ..oplocks.types import oplock_to_lease, valid_lease_state
+    cache = caching_of(ctx)
+    table = cache.table
+    now = cache.now()
+    actions: list = []
+    # LeaseTable has no public "break to X" (kernel_break keeps H and stops at R):
+    # its own break steps are used, exactly as kernel_break uses them.
+    fs = table._files.get(file_key)
+    if fs is not None:
+        for lid in list(fs.leases):
+            lease = table._leases[lid]
+            if lease.state & ~target:
+                table._break_lease(lease, valid_lease_state(lease.state & target), now, actions)
+        for e in list(fs.opens.values()):
+            if e.lease_id is None and oplock_to_lease(e.oplock) & ~target:
+                table._break_oplock(e, target, now, actions)
+        table._post_change(file_key, actions)
+    cache.run(actions)
+    return actions
+
+
 def new_cache_id() -> int:
     return next(_cache_ids)
 
