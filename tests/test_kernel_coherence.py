@@ -44,12 +44,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.coherence import ack, check_write_break, open_caching, session
 from tests.peers.local_io import LeaseHolder, LocalProc
 from tests.peers.samba import samba_server
 from tests.peers.smbd_py_server import checked_server, smbd_py_server
-from tests.smb2client import (RWH, Access, Dialect, Disposition, LeaseBreak,
-                              LeaseRequest, Oplock, OplockBreak, ShareAccess, Smb2Client, W,
-                              R, new_lease_key)
+from tests.smb2client import (Access, Disposition, LeaseBreak, Oplock, OplockBreak,
+                              ShareAccess, Smb2Client, R)
 from tests.smb2client import wire
 
 PORT = 15350              # smbd_py, default break timeout
@@ -135,13 +135,6 @@ def two_sambas():
 
 # --- helpers -----------------------------------------------------------------------------
 
-async def session(peer, dialect=Dialect.SMB311):
-    c = await Smb2Client.connect(peer.host, peer.port, dialect=dialect, timeout=20)
-    await c.login(peer.user, peer.password)
-    tid = await c.tree_connect(peer.share)
-    return c, tid
-
-
 def local_file(peer, name: str, data: bytes) -> str:
     """Create `name` in the share with `data`, owned like the share's top directory (a
     server running as that user may take kernel leases on it without CAP_LEASE)."""
@@ -152,49 +145,6 @@ def local_file(peer, name: str, data: bytes) -> str:
     os.chown(path, st.st_uid, st.st_gid)
     os.chmod(path, 0o666)
     return path
-
-
-async def open_caching(c: Smb2Client, tid: int, name: str, kind: str, *,
-                       access: int = Access.GENERIC_READ | Access.GENERIC_WRITE):
-    """Open `name` asking for full caching of `kind` ("batch" or "lease" = RWH, or "R" /
-    "level2"); asserts it was granted. Returns (CreateResponse, lease key or None)."""
-    key = None
-    if kind == "batch":
-        r = await c.create(tid, name, desired_access=access, disposition=Disposition.OPEN,
-                           oplock=Oplock.BATCH)
-        assert r.oplock_level == Oplock.BATCH, f"batch oplock not granted: {r.oplock_level}"
-    elif kind == "level2":
-        r = await c.create(tid, name, desired_access=access, disposition=Disposition.OPEN,
-                           oplock=Oplock.LEVEL_II)
-        assert r.oplock_level == Oplock.LEVEL_II, f"LEVEL_II not granted: {r.oplock_level}"
-    else:
-        key = new_lease_key()
-        want = RWH if kind == "lease" else R
-        r = await c.create(tid, name, desired_access=access, disposition=Disposition.OPEN,
-                           lease=LeaseRequest(key, want))
-        assert r.oplock_level == Oplock.LEASE and r.lease_state == want, \
-            f"lease {want!r} not granted: oplock {r.oplock_level:#x} state {r.lease_state!r}"
-    return r, key
-
-
-def check_write_break(brk, kind: str, file_id: bytes, key: bytes | None) -> int:
-    """A break that takes write caching away; returns the level/state to ack with."""
-    if kind == "batch":
-        assert isinstance(brk, OplockBreak), brk
-        assert brk.file_id == file_id
-        assert brk.oplock_level in (Oplock.LEVEL_II, Oplock.NONE), brk
-        return brk.oplock_level
-    assert isinstance(brk, LeaseBreak), brk
-    assert brk.lease_key == key and brk.current_state == RWH, brk
-    assert not brk.new_state & W and brk.ack_required, brk
-    return brk.new_state
-
-
-async def ack(c: Smb2Client, tid: int, kind: str, file_id: bytes, key: bytes | None,
-              level: int) -> int:
-    if kind == "batch":
-        return (await c.ack_oplock(tid, file_id, level)).status
-    return (await c.ack_lease(tid, key, level)).status
 
 
 async def echo_latencies(c: Smb2Client, n: int = 5) -> list[float]:
