@@ -11,7 +11,9 @@ set -euo pipefail
 PYVER="${1:-3.12}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${2:-$ROOT/docker-wheels}"
-source "$ROOT/scripts/_venv.sh"
+VENV="$ROOT/.venv"
+# pip from the project's venv (made only if missing: it is an editable install already).
+"$VENV/bin/python" -c 'import smbd_py, impacket' 2>/dev/null || source "$ROOT/scripts/_venv.sh"
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
 ARCH="$(uname -m)"
 mkdir -p "$OUT"

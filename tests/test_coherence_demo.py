@@ -11,11 +11,13 @@ Ports 15400-15402.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.peers.coherence import assert_coherent_timeline, assert_in_order
 from tests.peers.smbd_py_server import smbd_py_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,28 +26,6 @@ DEMO_PY = os.path.join(ROOT, "scripts", "coherence_demo.py")
 PORT = 15400
 PORT_A, PORT_B = 15401, 15402
 RUN_TIMEOUT_S = 120
-
-
-def assert_in_order(out: str, *needles: str) -> None:
-    """Each needle occurs in `out`, each after the previous one."""
-    pos = 0
-    for n in needles:
-        i = out.find(n, pos)
-        assert i >= 0, f"{n!r} missing (or out of order) in the timeline:\n{out}"
-        pos = i + len(n)
-
-
-def assert_coherent_timeline(out: str, kind: str = "lease") -> None:
-    grant, brk, ack = (("granted lease RWH", "LEASE_BREAK RWH -> R", "LEASE_BREAK_ACK")
-                       if kind == "lease" else
-                       ("granted oplock BATCH", "OPLOCK_BREAK -> ", "OPLOCK_BREAK_ACK"))
-    assert "STATUS_PENDING" in out, out
-    assert_in_order(out, grant, "writes 67 bytes into its cache", "client 2 -> B      CREATE",
-                    brk, "CREATE still pending", "WRITE 67 bytes", ack + " -> STATUS_SUCCESS",
-                    "client 2 <- B      CREATE STATUS_SUCCESS",
-                    "READ 67 bytes: 'version 2: written by client 1", "COHERENT")
-    # The pending CREATE's interim answer comes before client 1's write-back.
-    assert out.index("STATUS_PENDING") < out.index("WRITE 67 bytes"), out
 
 
 @pytest.mark.parametrize("kind", ["lease", "batch"])
@@ -58,7 +38,6 @@ def test_coherence_demo_one_command(kind):
     assert_coherent_timeline(p.stdout, kind)
     # Both servers were stopped (trap): the port is free again on both addresses.
     for host in ("127.0.0.2", "127.0.0.3"):
-        import socket
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, PORT))

@@ -75,3 +75,30 @@ async def ack(c: Smb2Client, tid: int, kind: str, file_id: bytes, key: bytes | N
     if kind in ("batch", "level2"):
         return (await c.ack_oplock(tid, file_id, level)).status
     return (await c.ack_lease(tid, key, level)).status
+
+
+# --- scripts/coherence_demo.py's timeline, as the tests read it ----------------------------
+
+def assert_in_order(out: str, *needles: str) -> None:
+    """Each needle occurs in `out`, each after the previous one."""
+    pos = 0
+    for n in needles:
+        i = out.find(n, pos)
+        assert i >= 0, f"{n!r} missing (or out of order) in the timeline:\n{out}"
+        pos = i + len(n)
+
+
+def assert_coherent_timeline(out: str, kind: str = "lease") -> None:
+    """The demo's timeline shows: client 1's grant, its cached write, client 2's CREATE,
+    the break, client 2 still waiting, the write-back, the ack, client 2's CREATE
+    completing and client 2 reading client 1's data, in that order."""
+    grant, brk, ack_ = (("granted lease RWH", "LEASE_BREAK RWH -> R", "LEASE_BREAK_ACK")
+                        if kind == "lease" else
+                        ("granted oplock BATCH", "OPLOCK_BREAK -> ", "OPLOCK_BREAK_ACK"))
+    assert_in_order(out, grant, "writes 67 bytes into its cache", "client 2 -> B      CREATE",
+                    brk, "CREATE still pending", "WRITE 67 bytes",
+                    ack_ + " -> STATUS_SUCCESS", "client 2 <- B      CREATE STATUS_SUCCESS",
+                    "READ 67 bytes: 'version 2: written by client 1", "COHERENT")
+    # B answered the CREATE with an interim STATUS_PENDING before client 1 wrote back.
+    assert "STATUS_PENDING" in out, out
+    assert out.index("STATUS_PENDING") < out.index("WRITE 67 bytes"), out
