@@ -25,9 +25,9 @@ def fmt_cell(c: Cell | None) -> str:
         return "not run"
     if c.na:
         return c.na
-    if c.median is None:
+    if c.value is None:
         return "error" if c.errors else "no data"
-    s = fmt_value(c.median)
+    s = fmt_value(c.value)
     if not c.comparable:
         s += " (no break)"
     if c.errors:
@@ -41,12 +41,12 @@ def ratio(spec: Spec, row: dict[str, Cell]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for s in SAMBAS:
         theirs = row.get(s)
-        if (ours is None or theirs is None or ours.median is None or theirs.median is None
-                or not ours.comparable or not theirs.comparable or theirs.median == 0
+        if (ours is None or theirs is None or ours.value is None or theirs.value is None
+                or not ours.comparable or not theirs.comparable or theirs.value == 0
                 or ours.na or theirs.na):
             out[s] = None
         else:
-            out[s] = ours.median / theirs.median
+            out[s] = ours.value / theirs.value
     return out
 
 
@@ -125,7 +125,9 @@ def cell_notes(specs: list[Spec], rows: dict[str, dict[str, Cell]]) -> list[str]
                 out.append(f"- {spec.id} / {LABELS[name]}: ERROR {e}")
             if c.samples:
                 out.append(f"- {spec.id} / {LABELS[name]}: {len(c.samples)} samples, "
-                           f"min {fmt_value(min(c.samples))}, max {fmt_value(max(c.samples))}")
+                           f"min {fmt_value(min(c.samples))}, median {fmt_value(c.median)}, "
+                           f"max {fmt_value(max(c.samples))}"
+                           + (" (table: best)" if c.summary == "best" else ""))
     return out
 
 
@@ -137,7 +139,7 @@ def markdown(*, title: str, machine: list[tuple[str, str]], settings: dict,
     md += ["", "## Settings", ""]
     md += [f"- {k}: {v}" for k, v in settings.items()]
     md += [f"- wall time of the whole run: {elapsed:.0f} s", "",
-           "## Results (medians; ratio = smbd_py / Samba)", "", table(specs, rows), "",
+           "## Results (medians unless the row says best of N; ratio = smbd_py / Samba)", "", table(specs, rows), "",
            "## Notes", ""]
     md += notes
     md += ["", "### Per-cell details", ""] + cell_notes(specs, rows)
