@@ -14,6 +14,7 @@ import struct
 from typing import Callable, Iterable, Sequence
 
 from smbd_py.fs.info import FileInfoClass, allocation_size, dos_attributes, end_of_file, file_times
+from smbd_py.fs.paths import is_reserved_name
 from smbd_py.fs.shortname import is_8_3, short_name
 from smbd_py.fs.wildcard import compile_pattern, has_wildcards
 from smbd_py.wire.status import NtStatus, SmbError
@@ -147,6 +148,8 @@ class DirCursor:
             self._fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
         self._share = share
         self._components = tuple(components)
+        # The share root's reserved directory (fs.paths.RESERVED_DIR) is never listed.
+        self._hide_reserved = share is not None and not self._components
         # attributes_of(dir_fd, name, st) -> DOS attributes, for callers that keep
         # attributes of their own (e.g. in xattrs) so listings agree with QUERY_INFO.
         self._attributes_of = attributes_of
@@ -281,6 +284,8 @@ class DirCursor:
             name = self.pattern
             if name in (".", "..") or "/" in name or "\0" in name:
                 return None   # never a lookup of a path outside this directory
+            if self._hide_reserved and is_reserved_name(name):
+                return None
             try:
                 lst = self._stat(name, dir_fd=self._fd, follow_symlinks=False)
             except OSError:
@@ -291,9 +296,10 @@ class DirCursor:
             os.lseek(self._fd, 0, os.SEEK_SET)
             self._it = os.scandir(self._fd)
         match = self._match
+        hide = self._hide_reserved
         for entry in self._it:
             name = entry.name
-            if not match(name):
+            if not match(name) or (hide and is_reserved_name(name)):
                 continue
             st = self._stat_entry(name, entry.is_symlink(), entry)
             if st is not None:
@@ -306,7 +312,7 @@ class DirCursor:
         os.lseek(self._fd, 0, os.SEEK_SET)
         with os.scandir(self._fd) as it:
             for entry in it:
-                if self._match(entry.name):
+                if self._match(entry.name) and not (self._hide_reserved and is_reserved_name(entry.name)):
                     st = self._stat_entry(entry.name, entry.is_symlink(), entry)
                     if st is not None:
                         return entry.name, st

@@ -303,10 +303,24 @@ def encode_alternate_name(st, o: OpenState = OpenState()) -> bytes:
     return _I.pack(len(n)) + n
 
 
-def encode_stream(st, o: OpenState = OpenState()) -> bytes:
-    if stat_mod.S_ISDIR(st.st_mode):
-        return b""
-    return _STREAM_HDR.pack(0, len(_DATA_STREAM_NAME), st.st_size, allocation_size(st)) + _DATA_STREAM_NAME
+def encode_stream(st, o: OpenState = OpenState(), named=()) -> bytes:
+    """FileStreamInformation (MS-FSCC 2.4.43): the unnamed data stream "::$DATA" of a file
+    (a directory has none), then ":name:$DATA" for each (name, stat) in `named`
+    (fs.streams.list_streams); entries 8-byte aligned, linked by NextEntryOffset."""
+    entries = []
+    if not stat_mod.S_ISDIR(st.st_mode):
+        entries.append((_DATA_STREAM_NAME, st.st_size, allocation_size(st)))
+    for name, sst in named:
+        entries.append(((":" + name + ":$DATA").encode("utf-16-le", "surrogatepass"),
+                        sst.st_size, allocation_size(sst)))
+    out = bytearray()
+    for i, (n, size, alloc) in enumerate(entries):
+        entry = bytearray(_STREAM_HDR.pack(0, len(n), size, alloc) + n)
+        if i + 1 < len(entries):
+            entry += b"\0" * (-len(entry) % 8)
+            _I.pack_into(entry, 0, len(entry))
+        out += entry
+    return bytes(out)
 
 
 def encode_compression(st, o: OpenState = OpenState()) -> bytes:
@@ -413,8 +427,9 @@ def encode_fs_device(read_only: bool = False) -> bytes:
 
 
 # What we actually do: names keep their case, and names are Unicode.  We match names
-# case-insensitively, keep no ACLs and no streams, so we claim nothing more.
-DEFAULT_FS_ATTRIBUTES = FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK
+# case-insensitively, keep no ACLs, and keep named streams (fs.streams), so we claim
+# nothing more.
+DEFAULT_FS_ATTRIBUTES = FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK | FILE_NAMED_STREAMS
 
 
 def encode_fs_attribute(attributes: int = DEFAULT_FS_ATTRIBUTES, fs_name: str = "NTFS",

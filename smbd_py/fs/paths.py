@@ -30,7 +30,20 @@ __all__ = [
     "split_path",
     "split_stream_path",
     "OPENAT2_AVAILABLE",
+    "RESERVED_DIR",
+    "is_reserved_name",
 ]
+
+# The server's own directory at the share root (fs.streams keeps named streams in it).
+# Clients never see it: split_stream_path refuses paths through it and DirCursor does not
+# list it, so this one rule decides what is reserved.
+RESERVED_DIR = ".smbd_py"
+_RESERVED_FOLDED = RESERVED_DIR.casefold()
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for the reserved name (any case), which no client path may use at the root."""
+    return name.casefold() == _RESERVED_FOLDED
 
 # ---------------------------------------------------------------------------
 # Kernel interfaces through ctypes (x86_64 and every arch using the unified table:
@@ -312,6 +325,12 @@ def split_stream_path(smb_path: str) -> tuple[tuple[str, ...], str | None]:
         if comp == ".":
             raise SmbError(NtStatus.OBJECT_NAME_INVALID, "'.' component")
         out.append(comp)
+    if out and is_reserved_name(out[0]):
+        # The reserved directory does not exist for clients (a missing name, or a
+        # missing directory on the way to one).
+        if len(out) == 1:
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "reserved name")
+        raise SmbError(NtStatus.OBJECT_PATH_NOT_FOUND, "reserved name")
     return tuple(out), stream
 
 

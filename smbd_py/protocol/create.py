@@ -266,6 +266,108 @@ def _open_existing(root, comps, is_dir: bool, flags: int, truncate: bool):
     return fd, os.fstat(fd), read_stored_attributes(fd)
 
 
+class _StreamTarget:
+    """The base file of a named-stream CREATE (MS-FSA 2.1.5.1: the file is found, or
+    created, before its stream): an O_PATH fd on it, its components and identity."""
+
+    __slots__ = ("base_fd", "base_components", "base_created", "read_only", "key")
+
+
+def _prepare_stream(root, comps, disp: int, attributes: int, read_only_share: bool):
+    """Look up (or create) the base file of a stream and its depot; returns
+    (_StreamTarget, components of the stream's depot file). Runs in the I/O pool."""
+    from ..fs import streams as fsstreams
+    from .info import _apply_attributes
+    may_create = disp not in (A.FILE_OPEN, A.FILE_OVERWRITE)
+    comps = root.resolve(comps)
+    created = False
+    try:
+        bfd = root.open(comps, os.O_PATH)
+    except SmbError as e:
+        if e.status != NtStatus.OBJECT_NAME_NOT_FOUND or not may_create:
+            raise
+        if read_only_share:
+            raise SmbError(NtStatus.ACCESS_DENIED) from None
+        # "new:stream" creates the file too (Windows); a new file is an ARCHIVE one.
+        try:
+            fd = root.open(comps, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK, 0o666)
+        except SmbError as e2:
+            if e2.status != NtStatus.OBJECT_NAME_COLLISION:
+                raise
+        else:
+            created = True
+            try:
+                _apply_attributes(fd, attributes | A.FILE_ATTRIBUTE_ARCHIVE, False)
+            finally:
+                os.close(fd)
+        bfd = root.open(comps, os.O_PATH)
+    try:
+        st = os.fstat(bfd)
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        if not is_dir and not stat_mod.S_ISREG(st.st_mode):
+            raise SmbError(NtStatus.ACCESS_DENIED)
+        did = fsstreams.depot_id(bfd)
+        if did is None:
+            if not may_create:
+                raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "the file has no streams")
+            if read_only_share:
+                raise SmbError(NtStatus.ACCESS_DENIED)
+            did = fsstreams.ensure_depot_id(bfd)
+        if may_create and not read_only_share:
+            fsstreams.make_depot(root, did)
+    except BaseException:
+        os.close(bfd)
+        raise
+    sx = _StreamTarget()
+    sx.base_fd = bfd
+    sx.base_components = tuple(comps)
+    sx.base_created = created
+    sx.read_only = not is_dir and not st.st_mode & stat_mod.S_IWUSR
+    sx.key = (st.st_dev, st.st_ino)
+    return sx, did
+
+
+async def _create_stream(req, c, root, comps, stream: str) -> bytes:
+    """CREATE of "file:stream": the stream is a file in the base file's depot
+    (fs.streams), opened through the same machinery as any file, so share modes,
+    oplocks, leases and their kernel backing are per stream."""
+    ctx = req.conn.server
+    from ..fs import streams as fsstreams
+    if c.options & A.FILE_DIRECTORY_FILE:
+        # A stream is never a directory (Samba answers this too).
+        raise SmbError(NtStatus.NOT_A_DIRECTORY)
+    sx, did = await ctx.run_io(_prepare_stream, root, comps, c.disposition, c.attributes,
+                               req.tree.share.read_only)
+    try:
+        base_fs = ctx.files.get(sx.key)
+        if base_fs is not None and base_fs.delete_pending:
+            raise SmbError(NtStatus.DELETE_PENDING)
+        scomps = fsstreams.stream_components(did, stream)
+        for attempt in range(8):
+            try:
+                scomps, st = await ctx.run_io(_stat_target, root, scomps)
+            except SmbError as e:
+                if e.status == NtStatus.OBJECT_PATH_NOT_FOUND:   # no depot directory
+                    raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND) from None
+                raise
+            result = await _create_or_open(req, c, root, scomps, st, False, sx)
+            if result is not None:
+                return result
+        raise SmbError(NtStatus.INTERNAL_ERROR)
+    finally:
+        if sx.base_fd >= 0:
+            os.close(sx.base_fd)
+
+
+def _stream_view(op):
+    """A stream open's stat as the client sees it (fs.streams.StreamStat), and the base
+    file's stored attributes refreshed. Runs in the I/O pool."""
+    from ..fs.streams import StreamStat
+    from .info import read_stored_attributes
+    op.base_attributes = read_stored_attributes(op.base_fd)
+    return StreamStat(os.fstat(op.base_fd), os.fstat(op.fd))
+
+
 async def handle_create(req) -> bytes:
     c = _parse(req)
     tree = req.tree
@@ -273,7 +375,7 @@ async def handle_create(req) -> bytes:
     if tree.share.is_ipc:
         return await _create_pipe(req, c)
     root = tree.share.root
-    comps = root.split(c.name)
+    comps, stream = root.split_stream(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
     if b"ExtA" in c.contexts:
         # Validate the EA list before touching the file system (MS-SMB2 3.3.5.9).
@@ -290,6 +392,8 @@ async def handle_create(req) -> bytes:
     # a break the open is re-run as the same waiter (protocol.caching).
     c.cache_id = caching.new_cache_id()
     c.first_attempt = True
+    if stream is not None:
+        return await _create_stream(req, c, root, comps, stream)
     for attempt in range(8):
         found = _stat_target_inline(root, comps)
         comps, st = found if found is not None else await ctx.run_io(_stat_target, root, comps)
@@ -299,8 +403,9 @@ async def handle_create(req) -> bytes:
     raise SmbError(NtStatus.INTERNAL_ERROR)
 
 
-async def _create_or_open(req, c, root, comps, st, want_dir):
-    """One attempt; returns None when the file changed under us and we must retry."""
+async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
+    """One attempt; returns None when the file changed under us and we must retry.
+    sx: a _StreamTarget when opening a named stream (comps are then its depot file's)."""
     ctx = req.conn.server
     tree = req.tree
     disp = c.disposition
@@ -312,8 +417,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
             raise SmbError(NtStatus.ACCESS_DENIED)
         if not comps:
             raise SmbError(NtStatus.ACCESS_DENIED)
-        readonly = bool(c.attributes & A.FILE_ATTRIBUTE_READONLY)
-        access = _granted_access(c, tree, False)
+        # A stream file's mode says nothing: the base file's read-only bit rules.
+        readonly = bool(c.attributes & A.FILE_ATTRIBUTE_READONLY) and sx is None
+        access = _granted_access(c, tree, sx is not None and sx.read_only)
         flags = _open_flags(access | A.FILE_WRITE_DATA)
         if flags == os.O_PATH:
             flags = os.O_RDONLY | os.O_NONBLOCK
@@ -348,7 +454,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
             raise SmbError(NtStatus.NOT_A_DIRECTORY)
         if is_dir and disp in (A.FILE_SUPERSEDE, A.FILE_OVERWRITE, A.FILE_OVERWRITE_IF):
             raise SmbError(NtStatus.INVALID_PARAMETER)
-        readonly_file = not is_dir and not st.st_mode & stat_mod.S_IWUSR
+        readonly_file = sx.read_only if sx is not None else (
+            not is_dir and not st.st_mode & stat_mod.S_IWUSR)
         access = _granted_access(c, tree, readonly_file)
         truncate = disp in (A.FILE_SUPERSEDE, A.FILE_OVERWRITE, A.FILE_OVERWRITE_IF)
         if truncate:
@@ -422,6 +529,11 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
     op.is_dir = is_dir
     op.components = comps
     op.name = "\\".join(comps)
+    if sx is not None:
+        op.stream = comps[-1]
+        op.base_components = sx.base_components
+        op.name = "\\".join(sx.base_components) + ":" + comps[-1]
+        op.base_fd, sx.base_fd = sx.base_fd, -1      # the open owns it now
     op.granted_access = access
     op.share_access = c.share_access
     op.create_options = c.options
@@ -439,10 +551,12 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         op.mode |= A.FILE_WRITE_THROUGH
     ctx.add_open(op)
     req.out_file_id = op.file_id
-    if action == A.FILE_CREATED:
+    if action == A.FILE_CREATED and sx is None:
         # A new entry: leases on the parent directory break (not the creator's own
         # ParentLeaseKey lease).
         caching.dir_changed(ctx, share, comps, req.conn.client_guid, c.contexts)
+    elif sx is not None and sx.base_created:
+        caching.dir_changed(ctx, share, sx.base_components, req.conn.client_guid, c.contexts)
     if op.delete_on_close and action != A.FILE_CREATED:
         # A delete-on-close open: other leases give up handle caching now, before the
         # close deletes the file under them (smbtorture smb2.lease.unlink).
@@ -451,11 +565,16 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         except BaseException:
             await close_open(ctx, op)
             raise
-    if action == A.FILE_CREATED and (not is_dir or c.attributes & ~A.FILE_ATTRIBUTE_DIRECTORY):
+    if action == A.FILE_CREATED and sx is None and (
+            not is_dir or c.attributes & ~A.FILE_ATTRIBUTE_DIRECTORY):
         from .info import store_attributes
         # MS-FSA 2.1.5.1.1: a new non-directory file always gets FILE_ATTRIBUTE_ARCHIVE.
         await store_attributes(ctx, op, c.attributes | (0 if is_dir else A.FILE_ATTRIBUTE_ARCHIVE))
-    if b"ExtA" in c.contexts and action != A.FILE_OPENED:
+    if action in (A.FILE_SUPERSEDED, A.FILE_OVERWRITTEN) and sx is None and not is_dir:
+        # Overwriting or superseding a file's data removes its named streams (Windows).
+        from ..fs import streams as fsstreams
+        await ctx.run_io(fsstreams.remove_all_streams, root, op.fd)
+    if b"ExtA" in c.contexts and action != A.FILE_OPENED and sx is None:
         await _apply_create_eas(ctx, op, c.contexts[b"ExtA"], replace=action != A.FILE_CREATED)
     if b"AlSi" in c.contexts and action != A.FILE_OPENED and not is_dir:
         # SMB2_CREATE_ALLOCATION_SIZE: reserve the space, keep EndOfFile (MS-FSA 2.1.5.1).
@@ -466,6 +585,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir):
         if not is_dir and not st.st_mode & stat_mod.S_IWUSR:
             maximal &= ~(A.FILE_WRITE_DATA | A.FILE_APPEND_DATA)
         resp_ctx.append((b"MxAc", struct.pack("<II", 0, maximal)))
+    if sx is not None:
+        # Times, ids and attributes are the base file's; sizes are the stream's.
+        st = await ctx.run_io(_stream_view, op)
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
     from .leases import lease_response_context
@@ -581,6 +703,9 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
         release_open_locks(ctx, op)
     caching.closed(ctx, op)
     ctx.remove_open(op)
+    if op.base_fd >= 0:
+        os.close(op.base_fd)            # O_PATH: nothing to flush, never blocks
+        op.base_fd = -1
     delete = fs is not None and fs.delete_pending and not fs.opens
     return delete, fs
 
@@ -591,6 +716,10 @@ def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
             os.close(fd)
     finally:
         if delete and comps:
+            from ..fs import streams as fsstreams
+            # The file's named streams go with its last name (a stream's own delete
+            # removes just its depot file, which has no depot of its own).
+            did, nlink = fsstreams.depot_of_name(root, comps)
             try:
                 if is_dir:
                     root.rmdir(comps)
@@ -598,6 +727,9 @@ def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
                     root.unlink(comps)
             except SmbError as e:
                 log.info("delete on close of %s failed: %s", "/".join(comps), e)
+            else:
+                if did is not None and nlink <= 1:
+                    fsstreams.remove_depot(root, did)
 
 
 def _closes_inline(fd: int, is_dir: bool) -> bool:

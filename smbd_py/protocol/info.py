@@ -64,6 +64,15 @@ def read_stored_attributes(fd: int) -> int | None:
 
 
 def attributes_of(op, st) -> int:
+    if getattr(op, "stream", None) is not None:
+        # A stream has its file's attributes (st is then an fs.streams.StreamStat).
+        stored = op.base_attributes
+        name = op.base_components[-1] if op.base_components else ""
+        attrs = fsinfo.dos_attributes(st, name, stored=stored)
+        if stored is not None and not st.st_mode & stat_mod.S_IWUSR:
+            attrs |= A.FILE_ATTRIBUTE_READONLY
+            attrs &= ~A.FILE_ATTRIBUTE_NORMAL
+        return attrs
     fs = op.file
     stored = getattr(fs, "attributes", None) if fs is not None else None
     name = op.components[-1] if op.components else ""
@@ -95,15 +104,42 @@ def _apply_attributes(fd: int, attrs: int, is_dir: bool) -> int:
     return keep
 
 
+def meta_fd(op) -> int:
+    """The fd whose times and attributes an open reports and sets: the base file's for a
+    named-stream open (streams share their file's metadata), else the open's own."""
+    return op.base_fd if getattr(op, "stream", None) is not None else op.fd
+
+
 async def store_attributes(ctx, op, attrs: int) -> None:
     if op.fd < 0 or op.file is None:
+        return
+    if op.stream is not None:
+        base_is_dir = stat_mod.S_ISDIR((await ctx.run_io(os.fstat, op.base_fd)).st_mode)
+        op.base_attributes = await ctx.run_io(_apply_attributes, op.base_fd, attrs, base_is_dir)
+        base_fs = ctx.files.get(_key_of(op))
+        if base_fs is not None:
+            base_fs.attributes = op.base_attributes
         return
     keep = await ctx.run_io(_apply_attributes, op.fd, attrs, op.is_dir)
     op.file.attributes = keep
 
 
+def _key_of(op):
+    st = os.fstat(op.base_fd)          # O_PATH fstat: no I/O beyond the inode in memory
+    return (st.st_dev, st.st_ino)
+
+
+def _stream_name(op) -> str:
+    """FileNameInformation's name of a stream open: the file's name plus ':stream'."""
+    return fsinfo.smb_full_name(op.base_components) + ":" + op.stream
+
+
 def _open_state(op, st, ea_size: int = 0) -> fsinfo.OpenState:
-    return fsinfo.OpenState(name=fsinfo.smb_full_name(op.file.components if op.file else op.components),
+    if op.stream is not None:
+        name = _stream_name(op)
+    else:
+        name = fsinfo.smb_full_name(op.file.components if op.file else op.components)
+    return fsinfo.OpenState(name=name,
                             attributes=attributes_of(op, st),
                             delete_pending=bool(op.file and op.file.delete_pending),
                             position=op.position, mode=op.mode, access_mask=op.granted_access,
@@ -149,16 +185,29 @@ async def handle_query_info(req) -> bytes:
         need = _QUERY_NEEDS.get(klass, 0)
         if need and not op.granted_access & need:
             raise SmbError(NtStatus.ACCESS_DENIED)
+        if klass == FIC.FileNormalizedNameInformation and conn.dialect < 0x0311:
+            # MS-SMB2 3.3.5.20.1: only 3.1.1 offers it.
+            raise SmbError(NtStatus.NOT_SUPPORTED)
         if klass == FIC.FileFullEaInformation:
-            eas = await ctx.run_io(fsea.read_eas, op.fd)
+            eas = await ctx.run_io(fsea.read_eas, meta_fd(op))
             wanted = bytes(req.raw[in_off:in_off + in_len]) if in_len else b""
             status, data = _query_full_ea(eas, wanted, flags, out_len)
             return _qi_response(req, status, data)
         ea_size = 0
         if klass in _NEEDS_EA_SIZE:
-            ea_size = fsea.ea_size(await ctx.run_io(fsea.read_eas, op.fd))
-        st = await ctx.run_io(os.fstat, op.fd)
-        buf = fsinfo.query_file_info(klass, st, _open_state(op, st, ea_size))
+            ea_size = fsea.ea_size(await ctx.run_io(fsea.read_eas, meta_fd(op)))
+        if op.stream is not None:
+            from .create import _stream_view
+            st = await ctx.run_io(_stream_view, op)
+        else:
+            st = await ctx.run_io(os.fstat, op.fd)
+        if klass == FIC.FileStreamInformation:
+            from ..fs import streams as fsstreams
+            named = await ctx.run_io(fsstreams.list_streams, op.tree.share.root, meta_fd(op))
+            base_st = st if op.stream is None else await ctx.run_io(os.fstat, op.base_fd)
+            buf = fsinfo.encode_stream(base_st, named=named)
+        else:
+            buf = fsinfo.query_file_info(klass, st, _open_state(op, st, ea_size))
         status, data = fsinfo.fit_file_info(klass, buf, out_len)
     elif info_type == INFO_FILESYSTEM:
         vfs = await ctx.run_io(os.fstatvfs, op.fd)

@@ -110,7 +110,8 @@ class Open:
                  "dir_cursor", "dir_pattern", "oplock_level", "lease", "closed",
                  "create_guid", "locks", "stat", "name", "lock_fd", "durable", "ea_size",
                  "pending_times", "lease_fd", "sticky_times", "file",
-                 "notify", "cache_id")
+                 "notify", "cache_id", "stream", "base_fd", "base_components",
+                 "base_attributes")
 
     def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
         vid = next(_file_ids)
@@ -149,6 +150,13 @@ class Open:
         self.file: "FileState | None" = None
         self.notify: Any = None
         self.cache_id = 0              # this open's id in the oplock table (protocol.caching)
+        # A named-stream open (fs.streams): `fd`/`file` are the stream file's in the depot;
+        # the stream's name as stored, an O_PATH fd on the base file (its times and
+        # attributes are the stream's) and the base file's share components.
+        self.stream: str | None = None
+        self.base_fd = -1
+        self.base_components: tuple[str, ...] = ()
+        self.base_attributes: int | None = None    # the base file's stored DOS attributes
 
 
 class FileState:

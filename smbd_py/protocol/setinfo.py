@@ -10,7 +10,7 @@ from ..fs.info import FileInfoClass as FIC
 from ..fs.timeconv import filetime_to_unix_ns
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
-from .info import _SET_NEEDS, _fd_path, store_attributes
+from .info import _SET_NEEDS, _fd_path, meta_fd, store_attributes
 
 
 async def set_file_info(req, op, klass: int, buf: bytes) -> None:
@@ -28,7 +28,7 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
     ctx = req.conn.server
     if klass == FIC.FileFullEaInformation:
         from ..fs import ea as fsea
-        await ctx.run_io(fsea.write_eas, op.fd, fsea.parse_full_ea_list(buf))
+        await ctx.run_io(fsea.write_eas, meta_fd(op), fsea.parse_full_ea_list(buf))
         return
     value = fsinfo.decode_set_info(klass, buf)
     if klass == FIC.FileBasicInformation:
@@ -94,7 +94,7 @@ async def _set_basic(ctx, op, v) -> None:
     if atime is not None or mtime is not None:
         if op.tree.share.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
-        await ctx.run_io(_utime, op.fd, atime, mtime)
+        await ctx.run_io(_utime, meta_fd(op), atime, mtime)
 
 
 def _dir_is_empty(fd: int) -> bool:
@@ -111,8 +111,9 @@ async def _set_disposition(ctx, op, v, req=None) -> None:
     if v.delete_pending:
         if op.tree.share.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
-        st = await ctx.run_io(os.fstat, op.fd)
-        if not op.is_dir and not st.st_mode & stat_mod.S_IWUSR and not v.flags & 0x10:
+        st = await ctx.run_io(os.fstat, meta_fd(op))
+        if not op.is_dir and not stat_mod.S_ISDIR(st.st_mode) and \
+                not st.st_mode & stat_mod.S_IWUSR and not v.flags & 0x10:
             # FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE (0x10) lets a read-only file go.
             raise SmbError(NtStatus.CANNOT_DELETE)
         if op.is_dir and not await ctx.run_io(_dir_is_empty, op.fd):
@@ -139,6 +140,9 @@ async def _rename(req, op, v) -> None:
     name = v.file_name
     if not name:
         raise SmbError(NtStatus.INVALID_PARAMETER)
+    if op.stream is not None or name.startswith(":"):
+        # Renaming a stream (":new" targets) is not implemented.
+        raise SmbError(NtStatus.NOT_SUPPORTED, "stream rename")
     new = root.split(name)
     if not new:
         raise SmbError(NtStatus.ACCESS_DENIED)
@@ -226,7 +230,7 @@ async def _link(req, op, v) -> None:
         raise SmbError(NtStatus.ACCESS_DENIED)
     if op.is_dir:
         raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
-    if v.root_directory:
+    if v.root_directory or op.stream is not None:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if not v.file_name:
         raise SmbError(NtStatus.INVALID_PARAMETER)

@@ -172,7 +172,8 @@ def test_fs_classes(files):
     a = ismb.SMBQueryFsAttributeInfo(at)
     assert a["FileSystemName"].decode("utf-16-le") == "NTFS"
     assert a["MaxFilenNameLengthInBytes"] == 255
-    assert a["FileSystemAttributes"] == info.FILE_CASE_PRESERVED_NAMES | info.FILE_UNICODE_ON_DISK
+    assert a["FileSystemAttributes"] == (info.FILE_CASE_PRESERVED_NAMES | info.FILE_UNICODE_ON_DISK
+                                         | info.FILE_NAMED_STREAMS)
     vol = info.query_fs_info(FSC.FileFsVolumeInformation, vfs, VolumeFacts(label="share", serial=0x1234))
     ctime, serial, llen, supports, _ = struct.unpack_from("<qIIBB", vol)
     assert (serial, llen, supports) == (0x1234, 10, 0)
