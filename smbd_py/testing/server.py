@@ -265,6 +265,8 @@ class SmbdServer:
                     and normalize_path(snapshot.open_path(op)) == want}
             if not keys:
                 raise FileNotFoundError(f"no open of {path!r} on share {share_name!r}")
+            if len(keys) > 1:   # an old open of a replaced file still lives
+                raise ValueError(f"{path!r} names {len(keys)} different files among the opens")
             (key,) = keys
             holders = breaks.start(ctx, key, target)
             fut = loop.submit(breaks.follow(ctx, path, target, holders, timeout))
