@@ -13,6 +13,7 @@ import struct
 
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["HMAC_SHA256", "AES_CMAC", "AES_GMAC", "SIGNATURE_OFFSET", "SIGNATURE_SIZE",
            "Signer", "sign", "verify", "signing_algorithm_for"]
@@ -33,6 +34,10 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _GMAC_NONCE = struct.Struct("<QI")
+# AES-GMAC of a message up to this size is one AESGCM.encrypt call over a joined copy
+# (~0.7 us for a CREATE-sized message, against ~4 us to set up a streaming GCM context);
+# larger ones (WRITE/READ payloads) stream over the pieces where they lie, never copied.
+_GMAC_ONE_SHOT_MAX = 16 * 1024
 
 
 def signing_algorithm_for(dialect: int, negotiated: int | None = None) -> int:
@@ -65,7 +70,7 @@ class Signer:
     they are read from the header (MessageId, SMB2_FLAGS_SERVER_TO_REDIR, Command).
     """
 
-    __slots__ = ("algorithm", "key", "_algo")
+    __slots__ = ("algorithm", "key", "_algo", "_aead")
 
     def __init__(self, algorithm: int, key: bytes) -> None:
         if algorithm not in (HMAC_SHA256, AES_CMAC, AES_GMAC):
@@ -75,6 +80,8 @@ class Signer:
         self.algorithm = algorithm
         self.key = bytes(key)
         self._algo = algorithms.AES(self.key) if algorithm != HMAC_SHA256 else None
+        # GMAC is GCM with an empty plaintext: the tag AESGCM.encrypt returns.
+        self._aead = AESGCM(self.key) if algorithm == AES_GMAC else None
 
     def sign(self, message: bytes | bytearray | memoryview, *, message_id: int | None = None,
              is_response: bool | None = None, is_cancel: bool | None = None) -> bytes:
@@ -97,6 +104,8 @@ class Signer:
             return c.finalize()
         # AES-GMAC is AES-GCM with no plaintext and the message as AAD (RFC 4543).
         nonce = _gmac_nonce(mv, message_id, is_response, is_cancel)
+        if mv.nbytes <= _GMAC_ONE_SHOT_MAX:
+            return self._aead.encrypt(nonce, b"", b"".join((head, _ZERO_SIGNATURE, tail)))
         enc = Cipher(self._algo, modes.GCM(nonce)).encryptor()
         enc.authenticate_additional_data(head)
         enc.authenticate_additional_data(_ZERO_SIGNATURE)
@@ -128,6 +137,8 @@ class Signer:
                 c.update(p)
             return c.finalize()
         nonce = _gmac_nonce(hv, message_id, is_response, is_cancel)
+        if isinstance(parts, tuple) and sum(map(len, parts)) <= _GMAC_ONE_SHOT_MAX:
+            return self._aead.encrypt(nonce, b"", b"".join((head, _ZERO_SIGNATURE, *parts)))
         enc = Cipher(self._algo, modes.GCM(nonce)).encryptor()
         enc.authenticate_additional_data(head)
         enc.authenticate_additional_data(_ZERO_SIGNATURE)
