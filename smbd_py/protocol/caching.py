@@ -121,9 +121,10 @@ class Caching:
             return
         if not a.ack_required:
             op.oplock_level = a.oplock_level      # LEVEL_II -> NONE takes effect at once
-        body = OPLOCK_BREAK_BODY.pack(24, a.oplock_level, 0, 0, op.file_id)
-        log.debug("oplock break of %s to %#x (ack %s)", op.name, a.oplock_level, a.ack_required)
-        op.conn.send_oplock_break(body)
+        op.conn.send_oplock_break(OPLOCK_BREAK_BODY.pack(24, a.oplock_level, 0, 0, op.file_id))
+        if log.isEnabledFor(logging.DEBUG):   # after the send: a local open may be waiting
+            log.debug("oplock break of %s to %#x (ack %s)", op.name, a.oplock_level,
+                      a.ack_required)
 
     def _arm_timer(self) -> None:
         deadline = self.table.next_deadline()

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import struct
 from typing import Any, Callable
 
 from ..wire.header import (Command, Flags, Header, HEADER_SIZE, PROTOCOL_ID, SMB1_PROTOCOL_ID,
@@ -24,6 +25,11 @@ NO_SESSION_COMMANDS = frozenset({Command.NEGOTIATE, Command.SESSION_SETUP, Comma
                                  Command.CANCEL})
 NO_TREE_COMMANDS = NO_SESSION_COMMANDS | {Command.LOGOFF, Command.TREE_CONNECT}
 ZERO_SIGNATURE = b"\0" * 16
+# The direct-TCP frame header (0, 24-bit big-endian length) and the SMB2 header in one
+# struct: one pack per response.
+_FRAMED_HEADER = struct.Struct("<xBBB4sHHIHHIIQIIQ16s")
+# Responses up to this size are joined with their header into one buffer for the socket.
+_JOIN_MAX = 4096
 class _Started:
     """Awaitable over a coroutine that has already run up to its first suspension
     (it yielded `first`, a future or None): a Task driving this carries on where the
@@ -65,6 +71,7 @@ _RELATED_OPERATIONS = int(Flags.RELATED_OPERATIONS)
 _SIGNED = int(Flags.SIGNED)
 _ASYNC_COMMAND = int(Flags.ASYNC_COMMAND)
 _ECHO_FLAGS = int(Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK)
+_OPLOCK_BREAK = int(Command.OPLOCK_BREAK)
 
 
 _HANDLERS: dict = {}
@@ -490,6 +497,44 @@ class Connection:
         self.send(self._seal(items[0][0], bytes(out)))
 
     def _send_single(self, req: Request, body: Any) -> None:
+        hdr = req.hdr
+        cmd = hdr.command
+        if req.encrypted_by is None and (cmd > 1 or self.dialect != 0x0311):
+            # The common case, packed in one go: NetBIOS length and SMB2 header from one
+            # struct, no Header object (NEGOTIATE/SESSION_SETUP of 3.1.1 feed the preauth
+            # hash and encrypted responses are sealed whole: both take the general path).
+            flags = _SERVER_TO_REDIR | (hdr.flags & _ECHO_FLAGS)
+            if req.interim_sent:
+                flags |= _ASYNC_COMMAND
+                credits = 0
+                aid = req.async_id
+                low, high = aid & 0xFFFFFFFF, aid >> 32
+            else:
+                credits = self._grant_credits(hdr)
+                low, high = 0, hdr.tree_id
+            signer = self._signer_for(req)
+            parts = body if isinstance(body, tuple) else None
+            size = HEADER_SIZE + (sum(map(len, parts)) if parts is not None else len(body))
+            if signer is not None:
+                flags |= _SIGNED
+            head = _FRAMED_HEADER.pack(
+                size >> 16, (size >> 8) & 0xFF, size & 0xFF, PROTOCOL_ID, HEADER_SIZE,
+                hdr.credit_charge, req.status, cmd, credits, flags, 0, hdr.message_id,
+                low, high, hdr.session_id, ZERO_SIGNATURE)
+            if signer is not None:
+                head = bytearray(head)
+                head[4 + SIGNATURE_OFFSET:4 + SIGNATURE_OFFSET + 16] = signer.sign_parts(
+                    memoryview(head)[4:], parts if parts is not None else (body,),
+                    message_id=hdr.message_id, is_response=True, is_cancel=False)
+            if self.closed:
+                return
+            if parts is not None:
+                self.transport.writelines((head, *parts))
+            elif size <= _JOIN_MAX:
+                self.transport.write(head + body)     # one small buffer for the socket
+            else:
+                self.transport.writelines((head, body))
+            return
         h = self._build_header(req)
         signer = self._signer_for(req)
         # (fixed part, payload): large READ payloads are neither copied nor joined; they
@@ -530,6 +575,11 @@ class Connection:
 
     # ---- unsolicited --------------------------------------------------------------------
     def send_oplock_break(self, body: bytes, session_id: int = 0) -> None:
-        h = Header(Command.OPLOCK_BREAK, flags=Flags.SERVER_TO_REDIR,
-                   message_id=UNSOLICITED_MESSAGE_ID, session_id=session_id)
-        self.send(h.pack(), body)
+        # On the kernel-lease break path (a local open waits for this): one pack, one write.
+        if self.closed:
+            return
+        size = HEADER_SIZE + len(body)
+        self.transport.write(_FRAMED_HEADER.pack(
+            size >> 16, (size >> 8) & 0xFF, size & 0xFF, PROTOCOL_ID, HEADER_SIZE, 0, 0,
+            _OPLOCK_BREAK, 0, _SERVER_TO_REDIR, 0, UNSOLICITED_MESSAGE_ID, 0, 0, session_id,
+            ZERO_SIGNATURE) + body)

@@ -3,19 +3,20 @@ lease acks, both answered by the oplock table through protocol.caching."""
 from __future__ import annotations
 
 from ..wire.status import NtStatus, SmbError
+from .caching import handle_lease_ack, handle_oplock_ack
 from .create import lookup_open
 
 
 async def handle_oplock_break(req) -> bytes:
+    # A local open(2) may be blocked on this ack (kernel lease break): no per-call
+    # imports or copies on the way to the table.
     body = req.body
-    if len(body) < 2:
+    n = len(body)
+    if n < 2:
         raise SmbError(NtStatus.INVALID_PARAMETER)
-    size = int.from_bytes(body[:2], "little")
-    if size == 24 and len(body) >= 24:
-        from .caching import handle_oplock_ack
-        op = lookup_open(req, bytes(body[8:24]))
-        return await handle_oplock_ack(req, op, body[2])
-    if size == 36 and len(body) >= 36:
-        from .caching import handle_lease_ack
+    size = body[0] | (body[1] << 8)
+    if size == 24 and n >= 24:
+        return await handle_oplock_ack(req, lookup_open(req, bytes(body[8:24])), body[2])
+    if size == 36 and n >= 36:
         return await handle_lease_ack(req)
     raise SmbError(NtStatus.INVALID_PARAMETER)
