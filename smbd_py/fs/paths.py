@@ -286,7 +286,9 @@ def _smb_error(e: OSError, last_component: bool = True) -> SmbError:
 # Surrogates are refused too: they cannot come from valid UTF-16 and would otherwise
 # turn into raw bytes through the filesystem encoding's surrogateescape.
 _BAD_CHARS = re.compile('[\x00-\x1f"*/<>?|\\\\\ud800-\udfff]')
-_BAD_STREAM_CHARS = re.compile('[\x00-\x1f"*/<>?|\\\\:\ud800-\udfff]')
+# A stream name may hold anything but NUL, '/', '\\' and ':' (Windows; smbtorture
+# smb2.streams.names2 walks 0x01..0x7E): control characters and wildcards included.
+_BAD_STREAM_CHARS = re.compile('[\x00/\\\\:\ud800-\udfff]')
 
 
 def split_stream_path(smb_path: str) -> tuple[tuple[str, ...], str | None]:

@@ -394,9 +394,15 @@ async def handle_create(req) -> bytes:
     c.first_attempt = True
     if stream is not None:
         return await _create_stream(req, c, root, comps, stream)
+    # "name::$DATA" names the unnamed data stream, which a directory does not have.
+    data_stream = c.name[-7:].upper() == "::$DATA"
+    if data_stream and want_dir:
+        raise SmbError(NtStatus.NOT_A_DIRECTORY)
     for attempt in range(8):
         found = _stat_target_inline(root, comps)
         comps, st = found if found is not None else await ctx.run_io(_stat_target, root, comps)
+        if data_stream and st is not None and stat_mod.S_ISDIR(st.st_mode):
+            raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
         result = await _create_or_open(req, c, root, comps, st, want_dir)
         if result is not None:
             return result

@@ -140,9 +140,12 @@ async def _rename(req, op, v) -> None:
     name = v.file_name
     if not name:
         raise SmbError(NtStatus.INVALID_PARAMETER)
-    if op.stream is not None or name.startswith(":"):
-        # Renaming a stream (":new" targets) is not implemented.
-        raise SmbError(NtStatus.NOT_SUPPORTED, "stream rename")
+    if op.stream is not None:
+        await _rename_stream(ctx, op, name, v.replace_if_exists)
+        return
+    if name.startswith(":"):
+        # Renaming the unnamed data stream into a named one is not implemented.
+        raise SmbError(NtStatus.NOT_SUPPORTED, "default stream rename")
     new = root.split(name)
     if not new:
         raise SmbError(NtStatus.ACCESS_DENIED)
@@ -199,6 +202,52 @@ async def _rename(req, op, v) -> None:
         for other in ctx.files.values():
             if other is not fs and other.components[:n] == old:
                 other.components = new_comps + other.components[n:]
+
+
+def _rename_stream_at(root, comps, new_name: str, replace: bool):
+    """Rename a stream file within its depot (fs.streams); returns its new components.
+    MS-FSA 2.1.5.15.12.1: an existing target is a collision unless replacing, and only
+    an empty target may be replaced. Runs in the I/O pool."""
+    from ..fs.paths import _smb_error
+    from ..fs.streams import find_stream
+    did = comps[-2]
+    have = find_stream(root, did, new_name)
+    if have is not None and have != comps[-1]:
+        if not replace:
+            raise SmbError(NtStatus.OBJECT_NAME_COLLISION)
+        if root.stat(comps[:-1] + (have,)).st_size:
+            raise SmbError(NtStatus.INVALID_PARAMETER, "target stream not empty")
+    pfd = root.open(comps[:-1], os.O_PATH | os.O_DIRECTORY)
+    try:
+        if have is not None and have != comps[-1] and have != new_name:
+            os.unlink(have, dir_fd=pfd)       # replaced under its own spelling
+        os.rename(comps[-1], new_name, src_dir_fd=pfd, dst_dir_fd=pfd)
+    except OSError as e:
+        raise _smb_error(e) from None
+    finally:
+        os.close(pfd)
+    return tuple(comps[:-1]) + (new_name,)
+
+
+async def _rename_stream(ctx, op, name: str, replace: bool) -> None:
+    """FileRenameInformation on a stream open: the target must be ":new[:$DATA]"."""
+    from ..fs.paths import split_stream_path
+    if not name.startswith(":"):
+        raise SmbError(NtStatus.INVALID_PARAMETER, "a stream is renamed to a stream")
+    _, new_stream = split_stream_path("x" + name)
+    if new_stream is None:
+        raise SmbError(NtStatus.NOT_SUPPORTED, "rename of a stream to the unnamed stream")
+    fs = op.file
+    for other in list(ctx.files.values()):
+        if other is not fs and other.opens and tuple(other.components[:-1]) == tuple(fs.components[:-1]) \
+                and other.components[-1].casefold() == new_stream.casefold():
+            raise SmbError(NtStatus.ACCESS_DENIED, "target stream is open")
+    new = await ctx.run_io(_rename_stream_at, op.tree.share.root, tuple(fs.components),
+                           new_stream, replace)
+    fs.components = new
+    for o in fs.opens:
+        o.components = new
+        o.stream = new[-1]
 
 
 def _link_at(fd: int, dst_dir_fd: int, dst_name: str, replace: bool) -> None:

@@ -1,0 +1,242 @@
+"""Alternate data streams ("file:stream", fs.streams) end to end: the project's SMB2 test
+client and smbclient against a real smbd_py server over TCP on 127.0.0.1, real files.
+
+What is proven:
+- a stream is created (with its base file when missing), written, read back, listed by
+  FileStreamInformation (and smbclient's allinfo) with its size; names are
+  case-insensitive and case-preserving; a stream open reports the base file's attributes;
+- the stream's data is an ordinary file in the depot a local reader can open
+  (<share>/.smbd_py/streams/<id>/<name>, id in the base file's user.smbd_py.streams xattr);
+- oplocks are per stream: a batch oplock on the base file is not broken by a stream open,
+  a second open of the same stream breaks the first's;
+- deleting the base file removes its depot; overwriting it removes its streams;
+  delete-on-close of a stream removes only that stream;
+- the reserved .smbd_py directory is neither listed nor reachable (open, create, rename
+  target).
+Ports 15310-15319 (the streams work's range is 15300-15349).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parent.parent
+if str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from tests.conftest import require_tool  # noqa: E402
+from tests.peers.smbd_py_server import checked_server  # noqa: E402
+from tests.smb2client import Access, Dialect, Disposition, Oplock, OplockBreak, Smb2Client  # noqa: E402
+from tests.smb2client import wire  # noqa: E402
+
+PORT = 15310
+STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
+STATUS_OBJECT_NAME_COLLISION = 0xC0000035
+STATUS_NOT_A_DIRECTORY = 0xC0000103
+FILE_CREATED, FILE_OPENED = 2, 1
+FILE_ATTRIBUTE_HIDDEN = 0x2
+FILE_ATTRIBUTE_ARCHIVE = 0x20
+XATTR = "user.smbd_py.streams"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    with checked_server(tmp_path_factory, "streams", port=PORT) as s:
+        yield s
+
+
+async def session(s):
+    c = await Smb2Client.connect(s.host, s.port, dialect=Dialect.SMB311, timeout=20)
+    await c.login(s.user, s.password)
+    tid = await c.tree_connect(s.share)
+    return c, tid
+
+
+def parse_streams(buf: bytes) -> list[tuple[str, int]]:
+    """FileStreamInformation entries -> [(name, size)] (MS-FSCC 2.4.43)."""
+    out, pos = [], 0
+    while buf:
+        nxt, nlen, size, _alloc = struct.unpack_from("<IIqq", buf, pos)
+        out.append((buf[pos + 24:pos + 24 + nlen].decode("utf-16-le"), size))
+        if not nxt:
+            break
+        assert nxt % 8 == 0, "entries are 8-byte aligned"
+        pos += nxt
+    return out
+
+
+async def streams_of(c, tid, name) -> list[tuple[str, int]]:
+    r = await c.create(tid, name, desired_access=Access.FILE_READ_ATTRIBUTES,
+                       disposition=Disposition.OPEN)
+    try:
+        return parse_streams(await c.query_info(tid, r.file_id, wire.InfoType.FILE,
+                                                wire.FileInfoClass.STREAM))
+    finally:
+        await c.close(tid, r.file_id)
+
+
+def depot_dir(share: str, base: str) -> Path:
+    did = os.getxattr(os.path.join(share, base), XATTR).decode()
+    return Path(share) / ".smbd_py" / "streams" / did
+
+
+async def test_create_write_read_list_and_local_reader(srv):
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "ads.txt:Zone.Identifier", disposition=Disposition.CREATE)
+        assert r.create_action == FILE_CREATED
+        assert r.file_attributes & FILE_ATTRIBUTE_ARCHIVE, "the new base file's attributes"
+        await c.write(tid, r.file_id, 0, b"[ZoneTransfer]\r\nZoneId=3\r\n")
+        await c.close(tid, r.file_id)
+        # The base file was created empty; the stream holds the data.
+        assert os.path.getsize(os.path.join(srv.share_path, "ads.txt")) == 0
+        # Case-insensitive lookup, :$DATA suffix allowed; open reports the stream's size.
+        r = await c.create(tid, "ADS.TXT:zone.identifier:$DATA", disposition=Disposition.OPEN)
+        assert r.create_action == FILE_OPENED and r.end_of_file == 26
+        assert await c.read(tid, r.file_id, 0, 100) == b"[ZoneTransfer]\r\nZoneId=3\r\n"
+        std = await c.query_standard_info(tid, r.file_id)
+        assert std["end_of_file"] == 26 and not std["directory"]
+        await c.close(tid, r.file_id)
+        # Listed case-preserved, after the unnamed stream.
+        assert await streams_of(c, tid, "ads.txt") == [("::$DATA", 0),
+                                                       (":Zone.Identifier:$DATA", 26)]
+        # A local reader finds the bytes in the depot, as documented in fs/streams.py.
+        with open(depot_dir(srv.share_path, "ads.txt") / "Zone.Identifier", "rb") as f:
+            assert f.read() == b"[ZoneTransfer]\r\nZoneId=3\r\n"
+        # OPEN of a stream that does not exist; CREATE of one that does.
+        await c.create(tid, "ads.txt:nope", disposition=Disposition.OPEN,
+                       expect=STATUS_OBJECT_NAME_NOT_FOUND)
+        await c.create(tid, "ads.txt:ZONE.IDENTIFIER", disposition=Disposition.CREATE,
+                       expect=STATUS_OBJECT_NAME_COLLISION)
+        await c.create(tid, "missing.txt:s", disposition=Disposition.OPEN,
+                       expect=STATUS_OBJECT_NAME_NOT_FOUND)
+        await c.create(tid, "ads.txt:s", disposition=Disposition.CREATE,
+                       options=wire.CreateOptions.DIRECTORY_FILE, expect=STATUS_NOT_A_DIRECTORY)
+
+
+async def test_stream_open_reports_base_attributes(srv):
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "attr.txt", disposition=Disposition.CREATE,
+                           file_attributes=FILE_ATTRIBUTE_HIDDEN)
+        await c.close(tid, r.file_id)
+        r = await c.create(tid, "attr.txt:s1", disposition=Disposition.CREATE)
+        assert r.file_attributes & FILE_ATTRIBUTE_HIDDEN
+        await c.close(tid, r.file_id)
+
+
+async def test_oplocks_are_per_stream(srv):
+    c1, t1 = await session(srv)
+    c2, t2 = await session(srv)
+    async with c1, c2:
+        r = await c1.create(t1, "op.txt:foo", disposition=Disposition.OVERWRITE_IF)
+        await c1.close(t1, r.file_id)
+        base = await c1.create(t1, "op.txt", oplock=Oplock.BATCH, disposition=Disposition.OPEN)
+        assert base.oplock_level == Oplock.BATCH
+        # Opening a stream of the file leaves the base file's batch oplock alone.
+        s1 = await c2.create(t2, "op.txt:foo", oplock=Oplock.BATCH, disposition=Disposition.OPEN)
+        assert s1.oplock_level == Oplock.BATCH
+        await c1.expect_no_break(0.5)
+        # A second open of the same stream breaks the stream's oplock, not the base's.
+        p = await c1.create(t1, "op.txt:foo", disposition=Disposition.OPEN,
+                            desired_access=Access.GENERIC_READ, wait=False)
+        brk = await c2.next_break(5)
+        assert isinstance(brk, OplockBreak) and brk.file_id == s1.file_id
+        await c2.ack_oplock(t2, s1.file_id, brk.oplock_level)
+        r2 = await p
+        assert r2.status == 0
+        await c1.expect_no_break(0.3)
+        for cl, t, fid in ((c1, t1, r2.file_id), (c2, t2, s1.file_id), (c1, t1, base.file_id)):
+            await cl.close(t, fid)
+
+
+async def test_delete_overwrite_and_stream_delete(srv):
+    c, tid = await session(srv)
+    async with c:
+        for s in ("a", "b"):
+            r = await c.create(tid, f"del.txt:{s}", disposition=Disposition.OPEN_IF)
+            await c.write(tid, r.file_id, 0, s.encode() * 10)
+            await c.close(tid, r.file_id)
+        depot = depot_dir(srv.share_path, "del.txt")
+        assert sorted(os.listdir(depot)) == ["a", "b"]
+        # Delete-on-close of a stream removes that stream only.
+        r = await c.create(tid, "del.txt:a", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE | Access.GENERIC_READ,
+                           options=wire.CreateOptions.DELETE_ON_CLOSE)
+        await c.close(tid, r.file_id)
+        assert os.listdir(depot) == ["b"]
+        assert os.path.exists(os.path.join(srv.share_path, "del.txt"))
+        # Overwrite of the base file removes its streams.
+        r = await c.create(tid, "del.txt", disposition=Disposition.OVERWRITE_IF)
+        await c.close(tid, r.file_id)
+        assert not depot.exists()
+        assert await streams_of(c, tid, "del.txt") == [("::$DATA", 0)]
+        # Deleting the base file removes its depot.
+        r = await c.create(tid, "del.txt:c", disposition=Disposition.OPEN_IF)
+        await c.close(tid, r.file_id)
+        depot = depot_dir(srv.share_path, "del.txt")
+        assert depot.is_dir()
+        r = await c.create(tid, "del.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE,
+                           options=wire.CreateOptions.DELETE_ON_CLOSE)
+        await c.close(tid, r.file_id)
+        assert not os.path.exists(os.path.join(srv.share_path, "del.txt"))
+        assert not depot.exists()
+
+
+async def test_reserved_directory_is_invisible(srv):
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "vis.txt:s", disposition=Disposition.OPEN_IF)
+        await c.close(tid, r.file_id)
+        assert os.path.isdir(os.path.join(srv.share_path, ".smbd_py"))
+        names = [e.name for e in await c.list_directory(tid, "")]
+        assert "vis.txt" in names and not any(n.lower() == ".smbd_py" for n in names)
+        root = await c.create(tid, "", desired_access=Access.FILE_READ_DATA
+                              | Access.FILE_READ_ATTRIBUTES | Access.SYNCHRONIZE,
+                              disposition=Disposition.OPEN,
+                              options=wire.CreateOptions.DIRECTORY_FILE)
+        for pattern in (".smbd_py", ".SMBD_PY", ".smbd*"):
+            got = await c.query_directory(tid, root.file_id, pattern, expect=None,
+                                          flags=wire.QUERY_DIRECTORY_RESTART_SCANS)
+            assert not got, (pattern, got)
+        await c.close(tid, root.file_id)
+        await c.create(tid, ".smbd_py", disposition=Disposition.OPEN,
+                       expect=STATUS_OBJECT_NAME_NOT_FOUND)
+        await c.create(tid, ".Smbd_Py", disposition=Disposition.OPEN_IF,
+                       options=wire.CreateOptions.DIRECTORY_FILE,
+                       expect=STATUS_OBJECT_NAME_NOT_FOUND)
+        await c.create(tid, ".smbd_py\\streams", disposition=Disposition.OPEN,
+                       expect=STATUS_OBJECT_PATH_NOT_FOUND)
+        await c.create(tid, "sub\\..\\.smbd_py", disposition=Disposition.OPEN,
+                       expect=(STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND))
+        r = await c.create(tid, "mover.txt", disposition=Disposition.OPEN_IF,
+                           desired_access=Access.DELETE | Access.GENERIC_READ)
+        await c.rename(tid, r.file_id, ".smbd_py", expect=STATUS_OBJECT_NAME_NOT_FOUND)
+        await c.rename(tid, r.file_id, ".smbd_py\\x", expect=STATUS_OBJECT_PATH_NOT_FOUND)
+        await c.close(tid, r.file_id)
+
+
+def test_smbclient_allinfo_lists_streams(srv):
+    smbclient = require_tool("smbclient")
+    with open(os.path.join(srv.share_path, "sc.txt"), "wb") as f:
+        f.write(b"base")
+    src = os.path.join(srv.share_path, "..", "upload.bin")
+    with open(src, "wb") as f:
+        f.write(b"x" * 1000)
+    cmd = [smbclient, f"//{srv.host}/{srv.share}", "-p", str(srv.port),
+           "-U", f"{srv.user}%{srv.password}", "-m", "SMB3"]
+    up = subprocess.run(cmd + ["-c", f"put {src} sc.txt:extra"], capture_output=True,
+                        text=True, timeout=60)
+    assert up.returncode == 0, up.stdout + up.stderr
+    info = subprocess.run(cmd + ["-c", "allinfo sc.txt"], capture_output=True, text=True,
+                          timeout=60)
+    assert info.returncode == 0, info.stdout + info.stderr
+    assert "stream: [::$DATA], 4 bytes" in info.stdout, info.stdout
+    assert "stream: [:extra:$DATA], 1000 bytes" in info.stdout, info.stdout
