@@ -10,4 +10,4 @@ apt_install smbclient samba-testsuite samba qemu-system-x86 busybox-static cifs-
 cd "$ROOT"
 # The cifs client's VM image (kernel + initramfs) is built once and cached.
 "$VENV/bin/python" tests/peers/cifs_vm.py build >/dev/null
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@"
