@@ -22,32 +22,17 @@ produce no event at all.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
-import struct
 import time
 from typing import Callable, Hashable, Optional
 
-log = logging.getLogger(__name__)
+from ..fs.inotify import IN_IGNORED, IN_MODIFY, IN_Q_OVERFLOW, Inotify
 
-IN_MODIFY = 0x00000002
-IN_IGNORED = 0x00008000
-IN_Q_OVERFLOW = 0x00004000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
-# struct inotify_event { int wd; uint32_t mask; uint32_t cookie; uint32_t len; char name[]; }
-_EVENT = struct.Struct("=iIII")
+log = logging.getLogger(__name__)
 
 # Long enough for a queued pwrite in the I/O pool to run after data_changed() announced it.
 OWN_WRITE_WINDOW_S = 1.0
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.inotify_init1.argtypes = [ctypes.c_int]
-_libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
 
 class ModifyWatcher:
@@ -57,7 +42,7 @@ class ModifyWatcher:
                  on_modify: Optional[Callable[[Hashable], None]] = None) -> None:
         self._loop = loop
         self.on_modify = on_modify
-        self._ifd = -1
+        self._ino: Optional[Inotify] = None
         self._by_wd: dict[int, Hashable] = {}
         self._by_key: dict[Hashable, int] = {}
         self._own_until: dict[Hashable, float] = {}
@@ -66,24 +51,20 @@ class ModifyWatcher:
 
     @property
     def running(self) -> bool:
-        return self._ifd >= 0
+        return self._ino is not None
 
     def start(self) -> None:
-        if self._ifd >= 0:
+        if self._ino is not None:
             return
-        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self._ifd = fd
-        self._loop.add_reader(fd, self._on_readable)
+        self._ino = Inotify()
+        self._loop.add_reader(self._ino.fd, self._on_readable)
 
     def close(self) -> None:
-        if self._ifd < 0:
+        if self._ino is None:
             return
-        self._loop.remove_reader(self._ifd)
-        os.close(self._ifd)
-        self._ifd = -1
+        self._loop.remove_reader(self._ino.fd)
+        self._ino.close()
+        self._ino = None
         self._by_wd.clear()
         self._by_key.clear()
         self._own_until.clear()
@@ -93,15 +74,15 @@ class ModifyWatcher:
 
     def watch(self, key: Hashable, fd: int) -> bool:
         """Watch the inode open as `fd` (any fd, O_PATH included). False if refused."""
-        if self._ifd < 0:
+        if self._ino is None:
             return False
         if key in self._by_key:
             return True
         # /proc/self/fd/N resolves to the open inode itself, whatever its name is now.
-        wd = _libc.inotify_add_watch(self._ifd, f"/proc/self/fd/{fd}".encode(), IN_MODIFY)
-        if wd < 0:
-            err = ctypes.get_errno()
-            log.warning("inotify watch on %s refused: %s", key, os.strerror(err))
+        try:
+            wd = self._ino.add_watch_fd(fd, IN_MODIFY)
+        except OSError as e:
+            log.warning("inotify watch on %s refused: %s", key, os.strerror(e.errno or 0))
             return False
         # Two keys can never share an inode, but a reused wd must not keep a stale key.
         self._by_wd[wd] = key
@@ -114,10 +95,11 @@ class ModifyWatcher:
         if wd is None:
             return
         self._by_wd.pop(wd, None)
-        if self._ifd >= 0 and _libc.inotify_rm_watch(self._ifd, wd) < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINVAL:  # EINVAL: the inode is gone, the watch with it
-                log.debug("inotify_rm_watch(%d): %s", wd, os.strerror(err))
+        if self._ino is not None:
+            try:
+                self._ino.rm_watch(wd)   # False: the inode is gone, the watch with it
+            except OSError as e:
+                log.debug("%s", e)
 
     def own_write(self, key: Hashable) -> None:
         """This server is about to write the inode: drop the echo."""
@@ -127,32 +109,22 @@ class ModifyWatcher:
     def _on_readable(self) -> None:
         keys: dict[Hashable, None] = {}
         overflow = False
-        for _ in range(256):  # bounded; the fd is non-blocking
-            try:
-                data = os.read(self._ifd, 65536)
-            except BlockingIOError:
-                break
-            except InterruptedError:
+        if self._ino is None:
+            return
+        for ev in self._ino.read_events():
+            if ev.mask & IN_Q_OVERFLOW:
+                overflow = True
                 continue
-            if not data:
-                break
-            off = 0
-            while off + _EVENT.size <= len(data):
-                wd, mask, _cookie, nlen = _EVENT.unpack_from(data, off)
-                off += _EVENT.size + nlen
-                if mask & IN_Q_OVERFLOW:
-                    overflow = True
-                    continue
-                key = self._by_wd.get(wd)
-                if key is None:
-                    continue
-                if mask & IN_IGNORED:
-                    # The inode went away (last link and last open gone): nothing to break.
-                    self._by_wd.pop(wd, None)
-                    self._by_key.pop(key, None)
-                    continue
-                if mask & IN_MODIFY:
-                    keys[key] = None
+            key = self._by_wd.get(ev.wd)
+            if key is None:
+                continue
+            if ev.mask & IN_IGNORED:
+                # The inode went away (last link and last open gone): nothing to break.
+                self._by_wd.pop(ev.wd, None)
+                self._by_key.pop(key, None)
+                continue
+            if ev.mask & IN_MODIFY:
+                keys[key] = None
         if overflow:
             # Lost events: every watched inode may have been written.
             log.warning("inotify queue overflow: breaking read caching of every watched file")
