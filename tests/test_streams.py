@@ -13,10 +13,15 @@ What is proven:
   delete-on-close of a stream removes only that stream;
 - the reserved .smbd_py directory is neither listed nor reachable (open, create, rename
   target).
-Ports 15310-15319 (the streams work's range is 15300-15349).
+- a stream open without FILE_SHARE_DELETE keeps the base file from any DELETE open; a
+  base file deleted while streams of it are open stays (DELETE_PENDING to name-based
+  opens of it and of its streams) until its last stream open closes, by CLOSE or by a
+  dropped connection.
+Ports 15560-15569 (the second streams round's range is 15550-15599).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
@@ -34,11 +39,13 @@ from tests.peers.smbd_py_server import checked_server  # noqa: E402
 from tests.smb2client import Access, Dialect, Disposition, Oplock, OplockBreak, Smb2Client  # noqa: E402
 from tests.smb2client import wire  # noqa: E402
 
-PORT = 15310
+PORT = 15560
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
 STATUS_NOT_A_DIRECTORY = 0xC0000103
+STATUS_SHARING_VIOLATION = 0xC0000043
+STATUS_DELETE_PENDING = 0xC0000056
 FILE_CREATED, FILE_OPENED = 2, 1
 FILE_ATTRIBUTE_HIDDEN = 0x2
 FILE_ATTRIBUTE_ARCHIVE = 0x20
@@ -240,3 +247,81 @@ def test_smbclient_allinfo_lists_streams(srv):
     assert info.returncode == 0, info.stdout + info.stderr
     assert "stream: [::$DATA], 4 bytes" in info.stdout, info.stdout
     assert "stream: [:extra:$DATA], 1000 bytes" in info.stdout, info.stdout
+
+
+async def test_stream_open_without_share_delete_blocks_base_delete(srv):
+    """MS-FSA 2.1.5.1.2 (smbtorture smb2.streams.delete): a DELETE open of the file checks
+    the sharing of its streams' opens; the main file's own share mode does not bind them."""
+    c, tid = await session(srv)
+    async with c:
+        s = await c.create(tid, "sd.txt:s", disposition=Disposition.CREATE,
+                           share_access=wire.ShareAccess.READ | wire.ShareAccess.WRITE)
+        await c.write(tid, s.file_id, 0, b"stream data")
+        await c.create(tid, "sd.txt", disposition=Disposition.OPEN,
+                       desired_access=Access.DELETE, expect=STATUS_SHARING_VIOLATION)
+        await c.create(tid, "sd.txt", disposition=Disposition.OPEN,
+                       desired_access=Access.DELETE,
+                       options=wire.CreateOptions.DELETE_ON_CLOSE,
+                       expect=STATUS_SHARING_VIOLATION)
+        # Opens without DELETE are not affected.
+        r = await c.create(tid, "sd.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.GENERIC_READ)
+        await c.close(tid, r.file_id)
+        await c.close(tid, s.file_id)
+        # The base file opened without FILE_SHARE_DELETE does not keep a stream from DELETE.
+        b = await c.create(tid, "sd.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.GENERIC_READ, share_access=wire.ShareAccess.READ)
+        s = await c.create(tid, "sd.txt:s", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE | Access.FILE_READ_ATTRIBUTES)
+        await c.close(tid, s.file_id)
+        await c.close(tid, b.file_id)
+        r = await c.create(tid, "sd.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE)
+        await c.close(tid, r.file_id)
+
+
+async def test_base_delete_waits_for_its_open_streams(srv):
+    base = os.path.join(srv.share_path, "wait.txt")
+    c, tid = await session(srv)
+    async with c:
+        s = await c.create(tid, "wait.txt:s", disposition=Disposition.CREATE)
+        await c.write(tid, s.file_id, 0, b"kept while open")
+        depot = depot_dir(srv.share_path, "wait.txt")
+        r = await c.create(tid, "wait.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE,
+                           options=wire.CreateOptions.DELETE_ON_CLOSE)
+        await c.close(tid, r.file_id)
+        # The file is still there, delete pending, while its stream is open.
+        assert os.path.exists(base) and depot.is_dir()
+        assert await c.read(tid, s.file_id, 0, 100) == b"kept while open"
+        await c.create(tid, "wait.txt", disposition=Disposition.OPEN_IF,
+                       expect=STATUS_DELETE_PENDING)
+        await c.create(tid, "wait.txt:s", disposition=Disposition.OPEN_IF,
+                       expect=STATUS_DELETE_PENDING)
+        await c.create(tid, "wait.txt:other", disposition=Disposition.OPEN_IF,
+                       expect=STATUS_DELETE_PENDING)
+        await c.close(tid, s.file_id)
+        assert not os.path.exists(base) and not depot.exists()
+        await c.create(tid, "wait.txt", disposition=Disposition.OPEN,
+                       expect=STATUS_OBJECT_NAME_NOT_FOUND)
+    # The same when the stream's connection goes away instead of closing it.
+    c, tid = await session(srv)
+    s = await c.create(tid, "gone.txt:s", disposition=Disposition.CREATE)
+    depot = depot_dir(srv.share_path, "gone.txt")
+    c2, t2 = await session(srv)
+    async with c2:
+        r = await c2.create(t2, "gone.txt", disposition=Disposition.OPEN,
+                            desired_access=Access.DELETE,
+                            options=wire.CreateOptions.DELETE_ON_CLOSE)
+        await c2.close(t2, r.file_id)
+        assert os.path.exists(os.path.join(srv.share_path, "gone.txt"))
+        await c.disconnect()
+        for _ in range(100):       # the server notices the dropped connection
+            if not os.path.exists(os.path.join(srv.share_path, "gone.txt")) and \
+                    not depot.exists():
+                break
+            await asyncio.sleep(0.05)
+        assert not os.path.exists(os.path.join(srv.share_path, "gone.txt"))
+        assert not depot.exists()
+        r = await c2.create(t2, "gone.txt", disposition=Disposition.CREATE)
+        await c2.close(t2, r.file_id)

@@ -9,12 +9,13 @@ import logging
 import os
 import stat as stat_mod
 import struct
+import weakref
 
 from ..fs import info as fsinfo
 from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
-from . import caching
+from . import caching, durable
 from .objects import Open
 
 log = logging.getLogger("smbd_py.create")
@@ -35,7 +36,8 @@ _FILE_CREATE_TREE_CONNECTION = 0x00000080
 
 class CreateRequest:
     __slots__ = ("oplock", "impersonation", "access", "attributes", "share_access",
-                 "disposition", "options", "name", "contexts", "cache_id", "first_attempt")
+                 "disposition", "options", "name", "contexts", "cache_id", "first_attempt",
+                 "durable")
 
 
 def parse_contexts(raw, offset: int, length: int) -> dict[bytes, bytes]:
@@ -102,6 +104,11 @@ def _parse(req) -> CreateRequest:
     c.oplock, c.impersonation, c.access, c.attributes = oplock, imp, access, attrs
     c.share_access, c.disposition, c.options = share, disp, options
     c.contexts = parse_contexts(raw, ctx_off, ctx_len)
+    c.durable = None
+    if durable.is_reconnect(c.contexts):
+        # A durable reconnect ignores every other field (MS-SMB2 3.3.5.9.7; smbtorture
+        # smb2.durable-open.reopen2 sends garbage in them): protocol.durable checks it.
+        return c
     # Validation in the order Windows applies it (smbtorture smb2.create.gentest/blob).
     if imp > 3:
         raise SmbError(NtStatus.BAD_IMPERSONATION_LEVEL)
@@ -327,6 +334,46 @@ def _prepare_stream(root, comps, disp: int, attributes: int, read_only_share: bo
     return sx, did
 
 
+class _StreamOpens:
+    """One server's open named streams by base file (MS-FSA 2.1.5.1.2: a DELETE open of
+    a file checks its streams' opens; the file's delete waits for them to close).
+    by_base: base file key -> its open stream Opens; base_of: a stream open's
+    volatile id -> its base file key; deferred: base file key -> the FileState of a base
+    file whose delete is pending until its last stream open closes (kept in ctx.files,
+    so name-based opens of the file and of its streams answer DELETE_PENDING)."""
+
+    __slots__ = ("by_base", "base_of", "deferred", "due")
+
+    def __init__(self) -> None:
+        self.by_base: dict[tuple[int, int], list[Open]] = {}
+        self.base_of: dict[int, tuple[int, int]] = {}
+        self.deferred: dict[tuple[int, int], object] = {}
+        # A closing stream open's volatile id -> the deferred base file its close deletes.
+        self.due: dict[int, object] = {}
+
+
+# Per ServerContext (several run in one process under smbd_py.testing).
+_stream_tables: "weakref.WeakKeyDictionary[object, _StreamOpens]" = weakref.WeakKeyDictionary()
+
+
+def _streams_table(ctx) -> _StreamOpens:
+    t = _stream_tables.get(ctx)
+    if t is None:
+        t = _stream_tables[ctx] = _StreamOpens()
+    return t
+
+
+def _stream_delete_conflict(ctx, key, access: int) -> bool:
+    """A DELETE open of a file conflicts with an open of any of its named streams that
+    does not share delete (MS-FSA 2.1.5.1.2; smbtorture smb2.streams.delete)."""
+    if not access & A.DELETE:
+        return False
+    t = _stream_tables.get(ctx)
+    if t is None:
+        return False
+    return any(not o.share_access & A.FILE_SHARE_DELETE for o in t.by_base.get(key, ()))
+
+
 async def _create_stream(req, c, root, comps, stream: str) -> bytes:
     """CREATE of "file:stream": the stream is a file in the base file's depot
     (fs.streams), opened through the same machinery as any file, so share modes,
@@ -374,6 +421,13 @@ async def handle_create(req) -> bytes:
     ctx = req.conn.server
     if tree.share.is_ipc:
         return await _create_pipe(req, c)
+    c.durable = durable.parse(c.contexts, req.conn.dialect)
+    if c.durable is not None:
+        if c.durable.reconnect:
+            return await durable.reconnect(req, c, c.durable)
+        replayed = durable.find_replay(req, c.durable)
+        if replayed is not None:
+            return await durable.replay_response(req, replayed)
     root = tree.share.root
     comps, stream = root.split_stream(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
@@ -478,6 +532,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         fs = ctx.files.get(key)
         if fs is not None and fs.delete_pending:
             raise SmbError(NtStatus.DELETE_PENDING)
+        if sx is None and _stream_delete_conflict(ctx, key, access):
+            raise SmbError(NtStatus.SHARING_VIOLATION, "a stream of the file is open without FILE_SHARE_DELETE")
         # Oplock holders are broken before the share-mode verdict and before the file is
         # opened (a truncate must not overtake a holder's cached writes): MS-SMB2 3.3.5.9,
         # MS-FSA 2.1.5.1.2. The table answers SHARING_VIOLATION itself when it stands.
@@ -524,10 +580,11 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
     fs = ctx.file_state(key, comps, is_dir, share)
     if not fs.opens:
         fs.attributes = stored
-    if fs.delete_pending or _share_conflict(fs, access, c.share_access):
+    if fs.delete_pending or _share_conflict(fs, access, c.share_access) or (
+            sx is None and _stream_delete_conflict(ctx, key, access)):
         os.close(fd)
         caching.release(ctx, c.cache_id)
-        if not fs.opens:
+        if not fs.opens and not fs.delete_pending:   # a pending one waits for its streams
             ctx.files.pop(key, None)
         raise SmbError(NtStatus.DELETE_PENDING if fs.delete_pending else NtStatus.SHARING_VIOLATION)
     op = Open(tree, req.session, req.conn)
@@ -556,6 +613,10 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
     if c.options & A.FILE_WRITE_THROUGH:
         op.mode |= A.FILE_WRITE_THROUGH
     ctx.add_open(op)
+    if sx is not None:
+        t = _streams_table(ctx)
+        t.by_base.setdefault(sx.key, []).append(op)
+        t.base_of[op.volatile_id] = sx.key
     req.out_file_id = op.file_id
     if action == A.FILE_CREATED and sx is None:
         # A new entry: leases on the parent directory break (not the creator's own
@@ -598,6 +659,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
     from .leases import lease_response_context
     resp_ctx += lease_response_context(grant)
+    op.request_name = c.name
+    resp_ctx += durable.granted(req, c.durable, op, grant)
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
 
 
@@ -708,12 +771,52 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
         from .lock import release_open_locks
         release_open_locks(ctx, op)
     caching.closed(ctx, op)
+    if op.create_guid:
+        durable.forget_guid(ctx, op)
     ctx.remove_open(op)
     if op.base_fd >= 0:
         os.close(op.base_fd)            # O_PATH: nothing to flush, never blocks
         op.base_fd = -1
     delete = fs is not None and fs.delete_pending and not fs.opens
+    t = _stream_tables.get(ctx)
+    if t is not None:
+        delete = _detach_streams(ctx, t, op, fs, delete)
     return delete, fs
+
+
+def _detach_streams(ctx, t: _StreamOpens, op: Open, fs, delete: bool) -> bool:
+    """The stream table's part of a close (MS-FSA 2.1.5.4: a file's delete happens when
+    the last open of any of its streams closes). A base file whose delete is due while
+    some of its streams are open is deferred; the close of its last stream open makes
+    it due (_take_due_base). Returns whether this close deletes op's own file now."""
+    bkey = t.base_of.pop(op.volatile_id, None)
+    if bkey is not None:
+        opens = t.by_base.get(bkey)
+        if opens is not None:
+            try:
+                opens.remove(op)
+            except ValueError:
+                pass
+            if not opens:
+                del t.by_base[bkey]
+                base = t.deferred.pop(bkey, None)
+                if base is not None:
+                    if ctx.files.get(bkey) is base and not base.opens:
+                        del ctx.files[bkey]
+                    t.due[op.volatile_id] = base
+        return delete
+    if delete and fs is not None and t.by_base.get(fs.key):
+        # Keep the pending delete visible (DELETE_PENDING) until the streams close.
+        t.deferred[fs.key] = fs
+        ctx.files.setdefault(fs.key, fs)
+        return False
+    return delete
+
+
+def _take_due_base(ctx, op: Open):
+    """The base file whose deferred delete op's close made due, or None."""
+    t = _stream_tables.get(ctx)
+    return t.due.pop(op.volatile_id, None) if t is not None and t.due else None
 
 
 def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
@@ -764,6 +867,11 @@ async def close_open(ctx, op: Open) -> None:
         await ctx.run_io(_finish_close, op.tree.share.root, fd, delete, comps, op.is_dir)
     if delete:
         caching.dir_changed(ctx, op.tree.share, comps, op.conn.client_guid)
+    base = _take_due_base(ctx, op)
+    if base is not None:
+        # The last open stream of a file deleted meanwhile: the file goes now.
+        await ctx.run_io(_finish_close, base.share.root, -1, True, base.components, base.is_dir)
+        caching.dir_changed(ctx, base.share, base.components, op.conn.client_guid)
 
 
 def close_open_now(ctx, op: Open) -> None:
@@ -776,8 +884,19 @@ def close_open_now(ctx, op: Open) -> None:
         return
     fd, op.fd = op.fd, -1
     comps = fs.components if fs is not None else op.components
-    if delete or fd >= 0:
+    base = _take_due_base(ctx, op)
+    if delete or fd >= 0 or base is not None:
         try:
-            ctx.executor.submit(_finish_close, op.tree.share.root, fd, delete, comps, op.is_dir)
+            ctx.executor.submit(_finish_close_now, op.tree.share.root, fd, delete, comps,
+                                op.is_dir, base)
         except RuntimeError:          # executor already shut down
-            _finish_close(op.tree.share.root, fd, delete, comps, op.is_dir)
+            _finish_close_now(op.tree.share.root, fd, delete, comps, op.is_dir, base)
+
+
+def _finish_close_now(root, fd: int, delete: bool, comps, is_dir: bool, base) -> None:
+    """close_open_now's I/O: the open's close, then a base file's deferred delete."""
+    try:
+        _finish_close(root, fd, delete, comps, is_dir)
+    finally:
+        if base is not None:
+            _finish_close(base.share.root, -1, True, base.components, base.is_dir)
