@@ -455,6 +455,16 @@ class LeaseTable:
         self._post_change(op.file_key, actions, resume=False)
         return actions
 
+    def reattach(self, open_id: Hashable, owner_id: Hashable, client_guid: bytes) -> None:
+        """A durable open reconnected (MS-SMB2 3.3.5.9.7): its breaks go to the new
+        owner. A leased open keeps its ClientGuid (the reconnect must match it)."""
+        op = self._opens.get(open_id)
+        if op is None:
+            return
+        op.owner_id = owner_id
+        if op.lease_id is None:
+            op.client_guid = client_guid
+
     def grant_of(self, open_id: Hashable) -> Optional[tuple[int, int]]:
         """(oplock level, lease state) open_id holds now."""
         op = self._opens.get(open_id)

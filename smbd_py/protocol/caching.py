@@ -81,12 +81,13 @@ class Caching:
     # ---- actions ------------------------------------------------------------------------
     def run(self, actions) -> None:
         changed: dict = {}
+        doomed: list = []      # disconnected durable opens a break cannot reach
         for a in actions:
             if isinstance(a, (CachingChanged, KernelBreakDone)):
                 changed[a.file_key] = None
                 continue
             if isinstance(a, SendOplockBreak):
-                self._send_oplock_break(a)
+                self._send_oplock_break(a, doomed)
             elif isinstance(a, Resume):
                 fut = self.waiters.pop(a.waiter_id, None)
                 if fut is not None and not fut.done():
@@ -94,12 +95,29 @@ class Caching:
             elif isinstance(a, SendLeaseBreak):
                 log.debug("lease break %s: %#x -> %#x epoch %d ack %s", a.lease_key.hex(),
                           a.current_state, a.new_state, a.new_epoch, a.ack_required)
-                leases.send_lease_break(a)
+                ops = self._lease_opens(a)
+                if ops and all(op.disconnected for op in ops):
+                    # Only disconnected durable opens hold it (protocol.durable).
+                    if a.ack_required:
+                        doomed += ops
+                else:
+                    leases.send_lease_break(a)
         for key in changed:
             # Take, downgrade or release the kernel lease (and the watch) to match what
             # SMB holders cache now; after KernelBreakDone this lets the local open go on.
             self.backing.sync(key, self.table.caching_of(key))
         self._arm_timer()
+        if doomed:
+            # Nobody can acknowledge these breaks: the opens close now, which resumes
+            # the waiting operation and releases the kernel lease (protocol.durable).
+            from . import durable
+            durable.break_disconnected(self.ctx, doomed)
+
+    def _lease_opens(self, a: SendLeaseBreak) -> list:
+        lease = self.table.lease(a.client_guid, a.lease_key)
+        if lease is None:
+            return []
+        return [op for op in map(self.opens.get, lease.opens) if op is not None]
 
     def _kernel_break(self, file_key, target: int) -> None:
         """A kernel lease break (a local open, another server) or a foreign write: every
@@ -115,12 +133,16 @@ class Caching:
     def backed(self, share: Any) -> bool:
         return bool(getattr(share, "kernel_leases", False)) and self.backing.leases.running
 
-    def _send_oplock_break(self, a: SendOplockBreak) -> None:
+    def _send_oplock_break(self, a: SendOplockBreak, doomed: list) -> None:
         op = self.opens.get(a.open_id)
         if op is None or op.closed:
             return
         if not a.ack_required:
             op.oplock_level = a.oplock_level      # LEVEL_II -> NONE takes effect at once
+        if op.disconnected:
+            if a.ack_required:
+                doomed.append(op)                 # a disconnected durable open
+            return
         op.conn.send_oplock_break(OPLOCK_BREAK_BODY.pack(24, a.oplock_level, 0, 0, op.file_id))
         if log.isEnabledFor(logging.DEBUG):   # after the send: a local open may be waiting
             log.debug("oplock break of %s to %#x (ack %s)", op.name, a.oplock_level,
@@ -214,6 +236,43 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
     if lease is not None and lease.parent_lease_key is not None:
         cache.parent_keys[cache_id] = lease.parent_lease_key
     return res.grant
+
+
+def breaking(ctx: Any, op) -> bool:
+    """A break of op's oplock or lease waits for an acknowledgment."""
+    cache = getattr(ctx, "_caching", None)
+    e = cache.table.get_open(op.cache_id) if cache is not None and op.cache_id else None
+    if e is None:
+        return False
+    if e.lease_id is not None:
+        lease = cache.table.lease(*e.lease_id)
+        return lease is not None and lease.breaking
+    return e.breaking_to is not None
+
+
+def reattach(ctx: Any, op, conn) -> None:
+    """A durable open reconnected on conn: breaks go there from now on."""
+    cache = getattr(ctx, "_caching", None)
+    if cache is not None and op.cache_id:
+        cache.table.reattach(op.cache_id, conn, conn.client_guid)
+
+
+def current_grant(ctx: Any, op):
+    """What op holds now, as a Grant for a CREATE response (a durable reconnect)."""
+    from ..oplocks.types import (LEASE_FLAG_BREAK_IN_PROGRESS,
+                                 LEASE_FLAG_PARENT_LEASE_KEY_SET, Grant)
+    cache = getattr(ctx, "_caching", None)
+    e = cache.table.get_open(op.cache_id) if cache is not None and op.cache_id else None
+    if e is None:
+        return None
+    if e.lease_id is None:
+        return Grant(e.oplock)
+    lease = cache.table.lease(*e.lease_id)
+    flags = LEASE_FLAG_BREAK_IN_PROGRESS if lease.breaking else 0
+    if lease.version >= 2 and lease.parent_lease_key is not None:
+        flags |= LEASE_FLAG_PARENT_LEASE_KEY_SET
+    return Grant(OPLOCK_LEASE, lease.lease_key, lease.state, flags, lease.version,
+                 lease.epoch if lease.version >= 2 else 0, lease.parent_lease_key)
 
 
 def bind(ctx: Any, cache_id: int, op) -> None:

@@ -134,12 +134,17 @@ class ServerContext:
 
     def session_gone(self, sess: Any) -> None:
         from .create import close_open_now
+        from .durable import keep
         for op in list(sess.opens.values()):
-            close_open_now(self, op)
+            # A durable open outlives its session and connection (protocol.durable).
+            if not keep(self, op):
+                close_open_now(self, op)
         sess.trees.clear()
         sess.state = "expired"
 
     def close(self) -> None:
+        from .durable import close_all
+        close_all(self)
         for op in list(self.opens.values()):
             from .create import close_open_now
             close_open_now(self, op)

@@ -37,7 +37,7 @@ _FILE_CREATE_TREE_CONNECTION = 0x00000080
 class CreateRequest:
     __slots__ = ("oplock", "impersonation", "access", "attributes", "share_access",
                  "disposition", "options", "name", "contexts", "cache_id", "first_attempt",
-                 "durable")
+                 "durable", "app_instance_id")
 
 
 def parse_contexts(raw, offset: int, length: int) -> dict[bytes, bytes]:
@@ -105,6 +105,7 @@ def _parse(req) -> CreateRequest:
     c.share_access, c.disposition, c.options = share, disp, options
     c.contexts = parse_contexts(raw, ctx_off, ctx_len)
     c.durable = None
+    c.app_instance_id = b""
     if durable.is_reconnect(c.contexts):
         # A durable reconnect ignores every other field (MS-SMB2 3.3.5.9.7; smbtorture
         # smb2.durable-open.reopen2 sends garbage in them): protocol.durable checks it.
@@ -428,6 +429,7 @@ async def handle_create(req) -> bytes:
         replayed = durable.find_replay(req, c.durable)
         if replayed is not None:
             return await durable.replay_response(req, replayed)
+    c.app_instance_id = await durable.close_app_instance(req, c)
     root = tree.share.root
     comps, stream = root.split_stream(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
@@ -645,6 +647,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         await _apply_create_eas(ctx, op, c.contexts[b"ExtA"], replace=action != A.FILE_CREATED)
     if b"AlSi" in c.contexts and action != A.FILE_OPENED and not is_dir:
         # SMB2_CREATE_ALLOCATION_SIZE: reserve the space, keep EndOfFile (MS-FSA 2.1.5.1).
+        # Our own change: the inotify watch must not take it for a foreign write and
+        # break the grant just made (smbtorture smb2.durable-open.alloc-size).
+        caching.data_changed(ctx, op)
         st = await ctx.run_io(_preallocate, op.fd, struct.unpack("<Q", c.contexts[b"AlSi"])[0])
     resp_ctx = []
     if b"MxAc" in c.contexts:
@@ -660,7 +665,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
     from .leases import lease_response_context
     resp_ctx += lease_response_context(grant)
     op.request_name = c.name
-    resp_ctx += durable.granted(req, c.durable, op, grant)
+    resp_ctx += durable.granted(req, c, op, grant)
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
 
 

@@ -111,7 +111,8 @@ class Open:
                  "create_guid", "locks", "stat", "name", "lock_fd", "durable", "ea_size",
                  "pending_times", "lease_fd", "sticky_times", "file",
                  "notify", "cache_id", "stream", "base_fd", "base_components",
-                 "base_attributes")
+                 "base_attributes", "durable_timeout", "disconnected", "request_name",
+                 "app_instance_id")
 
     def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
         vid = next(_file_ids)
@@ -144,6 +145,12 @@ class Open:
         self.locks: list = []
         self.stat: Any = None
         self.durable = False
+        # protocol.durable: seconds a disconnected durable open is kept, whether it is
+        # disconnected now, and the name the CREATE asked for (a reconnect must match it).
+        self.durable_timeout = 0.0
+        self.disconnected = False
+        self.request_name = ""
+        self.app_instance_id = b""     # SMB2_CREATE_APP_INSTANCE_ID (3.x)
         self.ea_size = 0
         self.sticky_times: dict[str, int] = {}
         self.pending_times = None

@@ -506,6 +506,38 @@ class LeaseRequest:
                              self.epoch, 0)
 
 
+# Durable handles (MS-SMB2 2.2.13.2.3/.4/.11/.12, 2.2.14.2.3/.12).
+CONTEXT_DURABLE_V1 = b"DHnQ"
+CONTEXT_DURABLE_RECONNECT_V1 = b"DHnC"
+CONTEXT_DURABLE_V2 = b"DH2Q"
+CONTEXT_DURABLE_RECONNECT_V2 = b"DH2C"
+DURABLE_V2_REQ = struct.Struct("<IIQ16s")      # Timeout, Flags, Reserved, CreateGuid
+DURABLE_V2_RECONNECT = struct.Struct("<16s16sI")  # FileId, CreateGuid, Flags
+DURABLE_V2_RSP = struct.Struct("<II")          # Timeout, Flags
+DHANDLE_FLAG_PERSISTENT = 0x02
+
+
+def durable_v1() -> tuple[bytes, bytes]:
+    """SMB2_CREATE_DURABLE_HANDLE_REQUEST, for CREATE's contexts=."""
+    return CONTEXT_DURABLE_V1, b"\0" * 16
+
+
+def durable_v2(create_guid: bytes, timeout_ms: int = 0, flags: int = 0) -> tuple[bytes, bytes]:
+    """SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 (3.x)."""
+    return CONTEXT_DURABLE_V2, DURABLE_V2_REQ.pack(timeout_ms, flags, 0, create_guid)
+
+
+def durable_reconnect_v1(file_id: bytes) -> tuple[bytes, bytes]:
+    """SMB2_CREATE_DURABLE_HANDLE_RECONNECT: reclaim a durable open by its file id."""
+    return CONTEXT_DURABLE_RECONNECT_V1, bytes(file_id)
+
+
+def durable_reconnect_v2(file_id: bytes, create_guid: bytes, flags: int = 0) -> tuple[bytes, bytes]:
+    """SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2 (3.x): file id and CreateGuid."""
+    return CONTEXT_DURABLE_RECONNECT_V2, DURABLE_V2_RECONNECT.pack(bytes(file_id), create_guid,
+                                                                  flags)
+
+
 def new_lease_key() -> bytes:
     return uuid.uuid4().bytes
 
@@ -582,6 +614,17 @@ class CreateResponse:
             if n == name:
                 return d
         return None
+
+    @property
+    def durable(self) -> bool:
+        """The server made the open durable (a DHnQ or DH2Q response context)."""
+        return self.context(CONTEXT_DURABLE_V1) is not None or self.durable_v2 is not None
+
+    @property
+    def durable_v2(self) -> tuple[int, int] | None:
+        """(Timeout ms, Flags) of the DH2Q response context, or None."""
+        d = self.context(CONTEXT_DURABLE_V2)
+        return DURABLE_V2_RSP.unpack_from(d) if d is not None and len(d) >= 8 else None
 
 
 def parse_create_response(msg: bytes, status: int) -> CreateResponse:
