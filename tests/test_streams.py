@@ -89,7 +89,8 @@ async def streams_of(c, tid, name) -> list[tuple[str, int]]:
 
 
 def depot_dir(share: str, base: str) -> Path:
-    did = os.getxattr(os.path.join(share, base), XATTR).decode()
+    # "<id>:<inode number>" (fs.streams)
+    did = os.getxattr(os.path.join(share, base), XATTR).decode().split(":")[0]
     return Path(share) / ".smbd_py" / "streams" / did
 
 
@@ -325,3 +326,73 @@ async def test_base_delete_waits_for_its_open_streams(srv):
         assert not depot.exists()
         r = await c2.create(t2, "gone.txt", disposition=Disposition.CREATE)
         await c2.close(t2, r.file_id)
+
+
+FILE_LINK_INFORMATION = 11
+
+
+async def test_replaced_file_loses_its_depot_with_its_last_name(srv):
+    """A file replaced by a rename (ReplaceIfExists) or a hard link onto its name goes
+    like a deleted one: its depot goes with its last name, a remaining link keeps it."""
+    share = srv.share_path
+    c, tid = await session(srv)
+    async with c:
+        for name in ("victim.txt", "src.txt", "victim2.txt"):
+            r = await c.create(tid, f"{name}:s", disposition=Disposition.OPEN_IF)
+            await c.write(tid, r.file_id, 0, name.encode())
+            await c.close(tid, r.file_id)
+        victim = depot_dir(share, "victim.txt")
+        src = depot_dir(share, "src.txt")
+        r = await c.create(tid, "src.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE | Access.GENERIC_READ)
+        await c.rename(tid, r.file_id, "victim.txt", replace=True)
+        await c.close(tid, r.file_id)
+        assert not victim.exists(), "the replaced file's streams went with it"
+        assert depot_dir(share, "victim.txt") == src and src.is_dir()
+        assert await streams_of(c, tid, "victim.txt") == [("::$DATA", 0), (":s:$DATA", 7)]
+        # A file with a second name keeps its streams when one name is replaced.
+        os.link(os.path.join(share, "victim2.txt"), os.path.join(share, "alias.txt"))
+        victim2 = depot_dir(share, "victim2.txt")
+        r = await c.create(tid, "plain.txt", disposition=Disposition.OPEN_IF,
+                           desired_access=Access.DELETE | Access.GENERIC_READ)
+        await c.rename(tid, r.file_id, "victim2.txt", replace=True)
+        await c.close(tid, r.file_id)
+        assert victim2.is_dir()
+        assert await streams_of(c, tid, "alias.txt") == [("::$DATA", 0), (":s:$DATA", 11)]
+        # A hard link replacing the last name.
+        r = await c.create(tid, "linker.txt", disposition=Disposition.OPEN_IF,
+                           desired_access=Access.GENERIC_ALL)
+        await c.set_info(tid, r.file_id, wire.InfoType.FILE, FILE_LINK_INFORMATION,
+                         wire.rename_information("alias.txt", True))
+        await c.close(tid, r.file_id)
+        assert not victim2.exists()
+        assert await streams_of(c, tid, "alias.txt") == [("::$DATA", 0)]
+
+
+async def test_cp_a_copy_has_its_own_streams(srv):
+    """A local `cp -a` copies the depot id xattr; the copy gets copies of the streams
+    on first use, and writing them leaves the original's alone."""
+    share = srv.share_path
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "orig.txt:s", disposition=Disposition.OPEN_IF)
+        await c.write(tid, r.file_id, 0, b"original")
+        await c.close(tid, r.file_id)
+        cp = subprocess.run(["cp", "-a", os.path.join(share, "orig.txt"),
+                             os.path.join(share, "copy.txt")], capture_output=True,
+                            text=True, timeout=30)
+        assert cp.returncode == 0, cp.stderr
+        r = await c.create(tid, "copy.txt:s", disposition=Disposition.OPEN)
+        assert await c.read(tid, r.file_id, 0, 100) == b"original"
+        await c.write(tid, r.file_id, 0, b"CHANGED!")
+        await c.close(tid, r.file_id)
+        assert depot_dir(share, "copy.txt") != depot_dir(share, "orig.txt")
+        r = await c.create(tid, "orig.txt:s", disposition=Disposition.OPEN)
+        assert await c.read(tid, r.file_id, 0, 100) == b"original"
+        await c.close(tid, r.file_id)
+        # Deleting the copy leaves the original's streams.
+        r = await c.create(tid, "copy.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE,
+                           options=wire.CreateOptions.DELETE_ON_CLOSE)
+        await c.close(tid, r.file_id)
+        assert await streams_of(c, tid, "orig.txt") == [("::$DATA", 0), (":s:$DATA", 8)]

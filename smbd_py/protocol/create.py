@@ -314,7 +314,7 @@ def _prepare_stream(root, comps, disp: int, attributes: int, read_only_share: bo
         is_dir = stat_mod.S_ISDIR(st.st_mode)
         if not is_dir and not stat_mod.S_ISREG(st.st_mode):
             raise SmbError(NtStatus.ACCESS_DENIED)
-        did = fsstreams.depot_id(bfd)
+        did = fsstreams.claim_depot(root, bfd)
         if did is None:
             if not may_create:
                 raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "the file has no streams")
@@ -833,7 +833,7 @@ def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
             from ..fs import streams as fsstreams
             # The file's named streams go with its last name (a stream's own delete
             # removes just its depot file, which has no depot of its own).
-            did, nlink = fsstreams.depot_of_name(root, comps)
+            held = fsstreams.hold_depot(root, comps)
             try:
                 if is_dir:
                     root.rmdir(comps)
@@ -841,9 +841,8 @@ def _finish_close(root, fd: int, delete: bool, comps, is_dir: bool) -> None:
                     root.unlink(comps)
             except SmbError as e:
                 log.info("delete on close of %s failed: %s", "/".join(comps), e)
-            else:
-                if did is not None and nlink <= 1:
-                    fsstreams.remove_depot(root, did)
+            finally:
+                fsstreams.release_depot(root, held)
 
 
 def _closes_inline(fd: int, is_dir: bool) -> bool:

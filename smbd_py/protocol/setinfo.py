@@ -188,7 +188,10 @@ async def _rename(req, op, v) -> None:
         if tfs is not None and tfs.opens:
             raise SmbError(NtStatus.ACCESS_DENIED)
     same_file = tgt is not None and (tgt.st_dev, tgt.st_ino) == fs.key
-    new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
+    if tgt is not None and not same_file:
+        new_comps = await ctx.run_io(_rename_over, root, old, new)
+    else:
+        new_comps = await ctx.run_io(root.rename, old, new, v.replace_if_exists or same_file)
     new_comps = tuple(new_comps) if new_comps else tuple(new)
     # Both directories changed: their leases break (directory leases).
     caching.dir_changed(ctx, share, tuple(old), req.conn.client_guid)
@@ -202,6 +205,17 @@ async def _rename(req, op, v) -> None:
         for other in ctx.files.values():
             if other is not fs and other.components[:n] == old:
                 other.components = new_comps + other.components[n:]
+
+
+def _rename_over(root, old, new):
+    """Rename replacing another file: the replaced file's named streams (fs.streams) go
+    with its last name, as with a delete. Runs in the I/O pool."""
+    from ..fs import streams as fsstreams
+    held = fsstreams.hold_depot(root, new)
+    try:
+        return root.rename(old, new, True)
+    finally:
+        fsstreams.release_depot(root, held)
 
 
 def _rename_stream_at(root, comps, new_name: str, replace: bool):
@@ -305,6 +319,19 @@ async def _link(req, op, v) -> None:
             raise SmbError(NtStatus.ACCESS_DENIED)
     dfd, dst_name = await ctx.run_io(root.open_parent, new)
     try:
-        await ctx.run_io(_link_at, op.fd, dfd, dst_name, tgt is not None)
+        if tgt is None:
+            await ctx.run_io(_link_at, op.fd, dfd, dst_name, False)
+        else:
+            await ctx.run_io(_link_over, root, new, op.fd, dfd, dst_name)
     finally:
         os.close(dfd)
+
+
+def _link_over(root, new, fd: int, dfd: int, dst_name: str) -> None:
+    """_link_at replacing another file, whose streams go with its last name."""
+    from ..fs import streams as fsstreams
+    held = fsstreams.hold_depot(root, new)
+    try:
+        _link_at(fd, dfd, dst_name, True)
+    finally:
+        fsstreams.release_depot(root, held)

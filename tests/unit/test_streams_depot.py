@@ -4,6 +4,8 @@ fs.paths that hides the depot from clients."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +116,128 @@ def test_stream_name_syntax():
         with pytest.raises(SmbError) as ei:
             split_stream_path(bad)
         assert ei.value.status == NtStatus.OBJECT_NAME_INVALID, bad
+
+
+def _xattr(path) -> str:
+    return os.getxattr(path, streams.STREAMS_XATTR).decode()
+
+
+def _with_stream(root, tmp, name="f.txt", stream="s", data=b"stream data"):
+    fd = _base(tmp, name)
+    try:
+        did = streams.ensure_depot_id(fd)
+        streams.make_depot(root, did)
+        tmp.joinpath(*streams.stream_components(did, stream)).write_bytes(data)
+    finally:
+        os.close(fd)
+    return did
+
+
+def test_value_records_the_inode_and_round_one_values_still_count(share):
+    root, tmp = share
+    did = _with_stream(root, tmp)
+    assert _xattr(tmp / "f.txt") == f"{did}:{os.stat(tmp / 'f.txt').st_ino}"
+    os.setxattr(tmp / "f.txt", streams.STREAMS_XATTR, did.encode())   # id alone
+    fd = os.open(tmp / "f.txt", os.O_PATH)
+    try:
+        assert streams.depot_id(fd) == did
+        assert streams.claim_depot(root, fd) == did
+    finally:
+        os.close(fd)
+
+
+def test_cp_a_copy_gets_its_own_copy_of_the_streams(share):
+    """cp -a copies the xattr: the copy must not share the original's depot; its first
+    look at its streams copies them into a depot of its own."""
+    root, tmp = share
+    did = _with_stream(root, tmp)
+    cp = subprocess.run(["cp", "-a", str(tmp / "f.txt"), str(tmp / "copy.txt")],
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert _xattr(tmp / "copy.txt") == _xattr(tmp / "f.txt"), "cp -a kept the xattr"
+    fd = os.open(tmp / "copy.txt", os.O_PATH)
+    try:
+        assert streams.depot_id(fd) is None, "a copied value owns no depot"
+        # Deleting or overwriting the copy before it claimed leaves the original alone.
+        assert streams.hold_depot(root, ("copy.txt",)) is None
+        new = streams.claim_depot(root, fd)
+        assert new is not None and new != did
+        assert streams.depot_id(fd) == new == streams.claim_depot(root, fd)
+        assert [(n, st.st_size) for n, st in streams.list_streams(root, fd)] == [("s", 11)]
+    finally:
+        os.close(fd)
+    assert _xattr(tmp / "copy.txt") == f"{new}:{os.stat(tmp / 'copy.txt').st_ino}"
+    copied = tmp.joinpath(*streams.stream_components(new, "s"))
+    original = tmp.joinpath(*streams.stream_components(did, "s"))
+    copied.write_bytes(b"changed in the copy")
+    assert original.read_bytes() == b"stream data"
+    # A copy whose original's depot is gone claims an empty depot id.
+    subprocess.run(["cp", "-a", str(tmp / "f.txt"), str(tmp / "c2.txt")], check=True, timeout=30)
+    streams.remove_depot(root, did)
+    fd = os.open(tmp / "c2.txt", os.O_PATH)
+    try:
+        got = streams.claim_depot(root, fd)
+        assert got not in (None, did) and streams.list_streams(root, fd) == []
+    finally:
+        os.close(fd)
+
+
+def test_overwrite_of_a_copy_keeps_the_originals_depot(share):
+    root, tmp = share
+    did = _with_stream(root, tmp)
+    subprocess.run(["cp", "-a", str(tmp / "f.txt"), str(tmp / "copy.txt")], check=True, timeout=30)
+    fd = os.open(tmp / "copy.txt", os.O_PATH)
+    try:
+        streams.remove_all_streams(root, fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError):
+        _xattr(tmp / "copy.txt")
+    assert tmp.joinpath(*streams.stream_components(did, "s")).exists()
+
+
+def test_hold_release_removes_the_depot_with_the_last_name_only(share):
+    root, tmp = share
+    did = _with_stream(root, tmp)
+    depot = tmp.joinpath(*streams.depot_components(did))
+    os.link(tmp / "f.txt", tmp / "g.txt")
+    held = streams.hold_depot(root, ("f.txt",))
+    assert held is not None and held[1] == did
+    os.unlink(tmp / "f.txt")
+    streams.release_depot(root, held)
+    assert depot.is_dir(), "another name of the file keeps its streams"
+    held = streams.hold_depot(root, ("g.txt",))
+    (tmp / "other").write_bytes(b"")
+    os.rename(tmp / "other", tmp / "g.txt")        # replaced by a rename
+    streams.release_depot(root, held)
+    assert not depot.exists()
+    assert streams.hold_depot(root, ("g.txt",)) is None     # no streams
+    assert streams.hold_depot(root, ("missing",)) is None
+    streams.release_depot(root, None)
+
+
+def test_collect_orphans(share):
+    root, tmp = share
+    kept = _with_stream(root, tmp, "kept.txt")
+    gone = _with_stream(root, tmp, "gone.txt")
+    (tmp / "sub").mkdir()
+    deep = _with_stream(root, tmp, "sub/deep.txt")
+    subprocess.run(["cp", "-a", str(tmp / "kept.txt"), str(tmp / "sub" / "copy.txt")],
+                   check=True, timeout=30)
+    copied_from = _with_stream(root, tmp, "orig.txt")
+    subprocess.run(["cp", "-a", str(tmp / "orig.txt"), str(tmp / "copy2.txt")],
+                   check=True, timeout=30)
+    os.unlink(tmp / "orig.txt")     # its copy still names (and will claim) the depot
+    os.unlink(tmp / "gone.txt")     # a local delete: the depot is an orphan
+    depots = tmp / ".smbd_py" / "streams"
+    (depots / "not-a-depot").mkdir()
+    # Fresh depots are kept (a server may be creating a first stream meanwhile).
+    assert streams.collect_orphans(str(tmp)) == []
+    assert streams.collect_orphans(str(tmp), dry_run=True, min_age_s=-5) == [gone]
+    assert (depots / gone).is_dir()
+    assert streams.collect_orphans(str(tmp), min_age_s=-5) == [gone]
+    assert sorted(os.listdir(depots)) == sorted([kept, deep, copied_from, "not-a-depot"])
+    cli = subprocess.run([sys.executable, "-m", "smbd_py.fs.streams", "gc", str(tmp),
+                          "--min-age", "-5"], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 0 and cli.stdout == "", cli.stdout + cli.stderr
+    assert streams.collect_orphans(str(tmp / "missing")) == []
