@@ -396,3 +396,29 @@ async def test_cp_a_copy_has_its_own_streams(srv):
                            options=wire.CreateOptions.DELETE_ON_CLOSE)
         await c.close(tid, r.file_id)
         assert await streams_of(c, tid, "orig.txt") == [("::$DATA", 0), (":s:$DATA", 8)]
+
+
+async def test_stream_write_updates_the_files_write_time(srv):
+    """Times are the file's (MS-FSA 2.1.5.3): writing a stream, or setting its end of
+    file, moves the base file's last write time (not its access time)."""
+    base = os.path.join(srv.share_path, "wt.txt")
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "wt.txt:s", disposition=Disposition.CREATE)
+        old = 1_000_000_000 * 10**9           # 2001-09-09
+        os.utime(base, ns=(old, old))
+        await c.write(tid, r.file_id, 0, b"new stream data")
+        st = os.stat(base)
+        assert st.st_mtime_ns > old + 10**17 and st.st_atime_ns == old
+        os.utime(base, ns=(old, old))
+        await c.set_info(tid, r.file_id, wire.InfoType.FILE, wire.FileInfoClass.END_OF_FILE,
+                         wire.end_of_file_information(3))
+        assert os.stat(base).st_mtime_ns > old + 10**17
+        # The stream open reports the base file's (new) last write time.
+        b = await c.query_info(tid, r.file_id, wire.InfoType.FILE, wire.FileInfoClass.BASIC)
+        _ct, at, wt, _cht = struct.unpack_from("<QQQQ", b)
+        from smbd_py.fs.timeconv import unix_ns_to_filetime
+        assert wt == unix_ns_to_filetime(os.stat(base).st_mtime_ns)
+        assert at == unix_ns_to_filetime(old)
+        await c.close(tid, r.file_id)
+        assert os.path.getsize(base) == 0, "the unnamed stream is untouched"

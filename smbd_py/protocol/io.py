@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from .. import bufpool
 from ..wire import access as A
@@ -91,6 +92,28 @@ def _pwrite(fd: int, data, offset: int, sync: bool) -> int:
     return total
 
 
+def _pwrite_stream(fd: int, data, offset: int, sync: bool, base_fd: int) -> int:
+    """_pwrite to a named stream (fs.streams): times are the file's, not the stream's
+    (MS-FSA 2.1.5.3), so the base file's last write (and with it change) time moves as
+    a write to its unnamed stream would move it; its access time stays."""
+    n = _pwrite(fd, data, offset, sync) if len(data) else 0
+    if n:
+        touch_base(base_fd)
+    return n
+
+
+def touch_base(base_fd: int) -> None:
+    """Set the last write time of a named stream's base file (an O_PATH fd) to now;
+    best effort: the data change stands even where the times cannot be set."""
+    if base_fd < 0:
+        return
+    path = f"/proc/self/fd/{base_fd}"
+    try:
+        os.utime(path, ns=(os.stat(path).st_atime_ns, time.time_ns()))
+    except OSError:
+        pass
+
+
 async def handle_write(req) -> bytes:
     body = req.body
     if len(body) < WRITE_REQ.size:
@@ -129,7 +152,10 @@ async def handle_write(req) -> bytes:
     # Read caches of other opens (and this one's LEVEL_II) die before the data changes.
     caching.data_changed(conn.server, op)
     try:
-        n = await conn.server.run_io(_pwrite, op.fd, data, offset, sync) if length else 0
+        if op.stream is None:
+            n = await conn.server.run_io(_pwrite, op.fd, data, offset, sync) if length else 0
+        else:
+            n = await conn.server.run_io(_pwrite_stream, op.fd, data, offset, sync, op.base_fd)
     except OSError as e:
         from ..fs.paths import errno_to_status
         raise SmbError(errno_to_status(e.errno)) from None

@@ -40,6 +40,9 @@ async def set_file_info(req, op, klass: int, buf: bytes) -> None:
         from . import caching
         caching.data_changed(ctx, op)
         await ctx.run_io(os.ftruncate, op.fd, value)
+        if op.stream is not None:
+            from .io import touch_base      # a stream's size change is its file's write
+            await ctx.run_io(touch_base, op.base_fd)
     elif klass == FIC.FileAllocationInformation:
         if op.is_dir:
             raise SmbError(NtStatus.INVALID_PARAMETER)
