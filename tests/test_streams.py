@@ -422,3 +422,28 @@ async def test_stream_write_updates_the_files_write_time(srv):
         assert at == unix_ns_to_filetime(old)
         await c.close(tid, r.file_id)
         assert os.path.getsize(base) == 0, "the unnamed stream is untouched"
+
+
+STATUS_INVALID_PARAMETER = 0xC000000D
+
+
+async def test_stream_rename_to_a_path_target(srv):
+    """A stream renamed to "dir\\file:stream" (a path, not ":stream"): like any path
+    rename it opens the target's directory first, so an open of that directory with
+    DELETE access makes it a sharing violation (smb2.streams.rename2); a stream moves
+    only within its file, so the path form is refused otherwise."""
+    c, tid = await session(srv)
+    async with c:
+        d = await c.create(tid, "rdir", disposition=Disposition.OPEN_IF,
+                           desired_access=Access.GENERIC_ALL,
+                           options=wire.CreateOptions.DIRECTORY_FILE)
+        s = await c.create(tid, "rdir\\f.txt:one", disposition=Disposition.CREATE,
+                           desired_access=Access.GENERIC_ALL)
+        await c.rename(tid, s.file_id, "rdir\\f.txt:two", replace=True,
+                       expect=STATUS_SHARING_VIOLATION)
+        await c.close(tid, d.file_id)
+        await c.rename(tid, s.file_id, "rdir\\f.txt:two", replace=True,
+                       expect=STATUS_INVALID_PARAMETER)
+        await c.rename(tid, s.file_id, ":two", replace=True)
+        await c.close(tid, s.file_id)
+        assert await streams_of(c, tid, "rdir\\f.txt") == [("::$DATA", 0), (":two:$DATA", 0)]

@@ -144,6 +144,13 @@ async def _rename(req, op, v) -> None:
     if not name:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if op.stream is not None:
+        if not name.startswith(":"):
+            # A path target ("dir\\file:stream"): like any path rename it first opens the
+            # target's directory (the sharing check below; smb2.streams.rename2 expects
+            # SHARING_VIOLATION from it); a stream moves only within its file (":new").
+            new, _ = root.split_stream(name)
+            _check_dst_dir_sharing(ctx, share, tuple(new[:-1]))
+            raise SmbError(NtStatus.INVALID_PARAMETER, "a stream is renamed to a stream")
         await _rename_stream(ctx, op, name, v.replace_if_exists)
         return
     if name.startswith(":"):
@@ -165,11 +172,7 @@ async def _rename(req, op, v) -> None:
     # The rename opens the destination's directory without FILE_SHARE_DELETE: any open
     # of that directory with DELETE access is a sharing violation (Windows; Samba
     # parent_dirname_compatible_open; smbtorture smb2.oplock.exclusive6, batch19/20).
-    dst_parent = tuple(new[:-1])
-    for pfs in list(ctx.files.values()):
-        if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
-                any(o.granted_access & A.DELETE for o in pfs.opens):
-            raise SmbError(NtStatus.SHARING_VIOLATION)
+    _check_dst_dir_sharing(ctx, share, tuple(new[:-1]))
     # Other leases on the file give up handle caching (and the rename waits for their
     # acks) before the name changes under them; the breaks go out
     # before this request yields to the next one (smb2.lease.rename_wait).
@@ -208,6 +211,15 @@ async def _rename(req, op, v) -> None:
         for other in ctx.files.values():
             if other is not fs and other.components[:n] == old:
                 other.components = new_comps + other.components[n:]
+
+
+def _check_dst_dir_sharing(ctx, share, dst_parent: tuple) -> None:
+    """A rename opens the destination's directory without FILE_SHARE_DELETE: any open
+    of that directory with DELETE access is a sharing violation."""
+    for pfs in list(ctx.files.values()):
+        if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
+                any(o.granted_access & A.DELETE for o in pfs.opens):
+            raise SmbError(NtStatus.SHARING_VIOLATION)
 
 
 def _rename_over(root, old, new):
