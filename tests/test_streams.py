@@ -447,3 +447,31 @@ async def test_stream_rename_to_a_path_target(srv):
         await c.rename(tid, s.file_id, ":two", replace=True)
         await c.close(tid, s.file_id)
         assert await streams_of(c, tid, "rdir\\f.txt") == [("::$DATA", 0), (":two:$DATA", 0)]
+
+
+async def test_ea_context_on_a_stream_create_goes_to_the_file(srv):
+    """EAs are the file's: the ExtA context of a CREATE that creates a stream adds its
+    EAs to the base file, next to the ones it has."""
+    base = os.path.join(srv.share_path, "eas.txt")
+
+    def ea(name: bytes, value: bytes) -> bytes:     # FILE_FULL_EA_INFORMATION, one entry
+        return struct.pack("<IBBH", 0, 0, len(name), len(value)) + name + b"\0" + value
+
+    c, tid = await session(srv)
+    async with c:
+        r = await c.create(tid, "eas.txt", disposition=Disposition.CREATE,
+                           contexts=[(b"ExtA", ea(b"FIRST", b"1"))])
+        await c.close(tid, r.file_id)
+        r = await c.create(tid, "eas.txt:s", disposition=Disposition.CREATE,
+                           contexts=[(b"ExtA", ea(b"SECOND", b"22"))])
+        await c.close(tid, r.file_id)
+        names = sorted(n for n in os.listxattr(base) if n.startswith("user.smbd_py.ea."))
+        assert [n.upper() for n in names] == ["USER.SMBD_PY.EA.FIRST", "USER.SMBD_PY.EA.SECOND"]
+        # Nothing lands on the stream's depot file.
+        sfile = depot_dir(srv.share_path, "eas.txt") / "s"
+        assert not [n for n in os.listxattr(sfile) if n.startswith("user.smbd_py.ea.")]
+        # Opening an existing stream applies nothing (as for files).
+        r = await c.create(tid, "eas.txt:s", disposition=Disposition.OPEN_IF,
+                           contexts=[(b"ExtA", ea(b"THIRD", b"3"))])
+        await c.close(tid, r.file_id)
+        assert not any(n.upper().endswith(".THIRD") for n in os.listxattr(base))

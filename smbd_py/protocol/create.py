@@ -643,8 +643,11 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         # Overwriting or superseding a file's data removes its named streams (Windows).
         from ..fs import streams as fsstreams
         await ctx.run_io(fsstreams.remove_all_streams, root, op.fd)
-    if b"ExtA" in c.contexts and action != A.FILE_OPENED and sx is None:
-        await _apply_create_eas(ctx, op, c.contexts[b"ExtA"], replace=action != A.FILE_CREATED)
+    if b"ExtA" in c.contexts and action != A.FILE_OPENED:
+        # EAs are the file's, not a stream's: a stream CREATE that creates or overwrites
+        # the stream adds them to its file (as Samba does), keeping the file's others.
+        await _apply_create_eas(ctx, op, c.contexts[b"ExtA"],
+                                replace=action != A.FILE_CREATED and sx is None)
     if b"AlSi" in c.contexts and action != A.FILE_OPENED and not is_dir:
         # SMB2_CREATE_ALLOCATION_SIZE: reserve the space, keep EndOfFile (MS-FSA 2.1.5.1).
         # Our own change: the inotify watch must not take it for a foreign write and
@@ -692,7 +695,8 @@ async def _apply_create_eas(ctx, op: Open, raw: bytes, replace: bool) -> None:
     file's EAs with them (MS-FSA 2.1.5.1.2.1). On failure the open is undone."""
     eas = parse_full_ea_list(raw)
     try:
-        await ctx.run_io(replace_eas if replace else write_eas, op.fd, eas)
+        fd = op.base_fd if op.stream is not None else op.fd
+        await ctx.run_io(replace_eas if replace else write_eas, fd, eas)
     except BaseException:
         await close_open(ctx, op)
         raise
