@@ -106,7 +106,11 @@ class Caching:
             # Take, downgrade or release the kernel lease (and the watch) to match what
             # SMB holders cache now; after KernelBreakDone this lets the local open go on.
             self.backing.sync(key, self.table.caching_of(key))
-        self._arm_timer()
+        if actions or self._timer is not None:
+            # A break deadline only ever starts with a break notification (an action),
+            # and next_deadline walks every lease and open: an open or close that
+            # changed nothing while no break is pending (the common case) skips it.
+            self._arm_timer()
         if doomed:
             # Nobody can acknowledge these breaks: the opens close now, which resumes
             # the waiting operation and releases the kernel lease (protocol.durable).

@@ -16,6 +16,7 @@ from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from . import caching, durable
+from .leases import lease_response_context
 from .objects import Open
 
 log = logging.getLogger("smbd_py.create")
@@ -37,7 +38,7 @@ _FILE_CREATE_TREE_CONNECTION = 0x00000080
 class CreateRequest:
     __slots__ = ("oplock", "impersonation", "access", "attributes", "share_access",
                  "disposition", "options", "name", "contexts", "cache_id", "first_attempt",
-                 "durable", "app_instance_id")
+                 "durable", "app_instance_id", "path_fd")
 
 
 def parse_contexts(raw, offset: int, length: int) -> dict[bytes, bytes]:
@@ -97,6 +98,7 @@ def _parse(req) -> CreateRequest:
     if name_len % 2 or (name_len and (name_off < 64 + 56 or name_off + name_len > len(raw))):
         raise SmbError(NtStatus.INVALID_PARAMETER)
     c = CreateRequest()
+    c.path_fd = -1
     try:
         c.name = bytes(raw[name_off:name_off + name_len]).decode("utf-16-le") if name_len else ""
     except UnicodeDecodeError:
@@ -201,18 +203,24 @@ def _stat_target(root, comps):
     return comps, st
 
 
-def _stat_target_inline(root, comps):
+def _stat_target_inline(root, comps, c):
     """_stat_target on the event loop when the kernel's caches answer it without I/O
     (fs.paths ShareRoot.open_cached); None when the I/O pool must do it (not cached,
     or the exact spelling is missing and case-insensitive resolution must read the
-    directory). An open+close loop then makes no pool trip at all."""
+    directory). An open+close loop then makes no pool trip at all.
+    The O_PATH descriptor stays in c.path_fd: a stat open (O_PATH too) takes it as its
+    own fd instead of looking the name up again (_create_or_open); whoever does not
+    take it closes it (handle_create)."""
     fd = root.open_cached(comps, os.O_PATH)
     if fd < 0:
         return None
     try:
-        return comps, root.fstat(fd)
-    finally:
+        st = root.fstat(fd)
+    except BaseException:
         os.close(fd)
+        raise
+    c.path_fd = fd
+    return comps, st
 
 
 # DOS attributes kept in the xattr, per inode, as last read: (st_ctime_ns, value).
@@ -237,13 +245,18 @@ def _stored_remember(st, stored) -> None:
     _stored_cache[(st.st_dev, st.st_ino)] = (st.st_ctime_ns, stored)
 
 
-def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool):
+def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool, c=None,
+                          st=None):
     """_open_existing on the event loop for opens that cannot block: O_PATH (stat opens:
     no file-system open method, never meets a lease) and directories, looked up from the
     kernel's caches only. Returns (fd, stat, stored attributes or _MISS), or None when
-    the I/O pool must do it."""
+    the I/O pool must do it. A stat open takes the O_PATH descriptor the target was
+    stat'ed through (c.path_fd, st its stat): no second lookup, fstat and close."""
     if truncate or not (is_dir or flags & os.O_PATH):
         return None
+    if c is not None and c.path_fd >= 0 and flags == os.O_PATH and not is_dir:
+        fd, c.path_fd = c.path_fd, -1
+        return fd, st, _stored_lookup(st)
     fd = root.open_cached(comps, _O_DIR if is_dir else flags)
     if fd < 0:
         return None
@@ -455,11 +468,16 @@ async def handle_create(req) -> bytes:
     if data_stream and want_dir:
         raise SmbError(NtStatus.NOT_A_DIRECTORY)
     for attempt in range(8):
-        found = _stat_target_inline(root, comps)
-        comps, st = found if found is not None else await ctx.run_io(_stat_target, root, comps)
-        if data_stream and st is not None and stat_mod.S_ISDIR(st.st_mode):
-            raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
-        result = await _create_or_open(req, c, root, comps, st, want_dir)
+        found = _stat_target_inline(root, comps, c)
+        try:
+            comps, st = found if found is not None else await ctx.run_io(_stat_target, root, comps)
+            if data_stream and st is not None and stat_mod.S_ISDIR(st.st_mode):
+                raise SmbError(NtStatus.FILE_IS_A_DIRECTORY)
+            result = await _create_or_open(req, c, root, comps, st, want_dir)
+        finally:
+            if c.path_fd >= 0:            # the stat's descriptor, not taken by the open
+                os.close(c.path_fd)
+                c.path_fd = -1
         if result is not None:
             return result
     raise SmbError(NtStatus.INTERNAL_ERROR)
@@ -558,7 +576,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
             fd, st2, stored = await caching.open_backed(
                 req, c.cache_id, key, share, is_dir, flags, truncate and not is_dir,
                 lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr),
-                fast=lambda fl, tr: _open_existing_inline(root, comps, is_dir, fl, tr))
+                fast=lambda fl, tr: _open_existing_inline(root, comps, is_dir, fl, tr, c, st))
             if stored is _MISS:
                 try:
                     from .info import read_stored_attributes
@@ -591,6 +609,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         raise SmbError(NtStatus.DELETE_PENDING if fs.delete_pending else NtStatus.SHARING_VIOLATION)
     op = Open(tree, req.session, req.conn)
     op.fd = fd
+    op.fd_is_path = flags == os.O_PATH
     op.is_dir = is_dir
     op.components = comps
     op.name = "\\".join(comps)
@@ -665,7 +684,6 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         st = await ctx.run_io(_stream_view, op)
     if b"QFid" in c.contexts:
         resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
-    from .leases import lease_response_context
     resp_ctx += lease_response_context(grant)
     op.request_name = c.name
     resp_ctx += durable.granted(req, c, op, grant)
@@ -703,13 +721,12 @@ async def _apply_create_eas(ctx, op: Open, raw: bytes, replace: bool) -> None:
 
 
 def _create_response(op: Open, st, action: int, oplock: int, contexts) -> bytes:
-    from .info import attributes_of
     ct, at, wt, cht = fsinfo.file_times(st)
     blob = build_contexts(contexts) if contexts else b""
     ctx_off = 64 + 88 if blob else 0
     body = CREATE_RESP.pack(89, oplock, 0, action, ct, at, wt, cht,
                             fsinfo.allocation_size(st), fsinfo.end_of_file(st),
-                            attributes_of(op, st), 0, op.file_id, ctx_off, len(blob))
+                            _info.attributes_of(op, st), 0, op.file_id, ctx_off, len(blob))
     return body + (blob or b"\0")
 
 
@@ -777,8 +794,7 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
     if fs is not None and op.delete_on_close:
         fs.delete_pending = True
     if fs is not None:
-        from .lock import release_open_locks
-        release_open_locks(ctx, op)
+        _lock.release_open_locks(ctx, op)
     caching.closed(ctx, op)
     if op.create_guid:
         durable.forget_guid(ctx, op)
@@ -869,7 +885,7 @@ async def close_open(ctx, op: Open) -> None:
         return
     fd, op.fd = op.fd, -1
     comps = fs.components if fs is not None else op.components
-    if not delete and fd >= 0 and _closes_inline(fd, op.is_dir):
+    if not delete and fd >= 0 and (op.fd_is_path or _closes_inline(fd, op.is_dir)):
         os.close(fd)
     elif delete or fd >= 0:
         await ctx.run_io(_finish_close, op.tree.share.root, fd, delete, comps, op.is_dir)
@@ -908,3 +924,8 @@ def _finish_close_now(root, fd: int, delete: bool, comps, is_dir: bool, base) ->
     finally:
         if base is not None:
             _finish_close(base.share.root, -1, True, base.components, base.is_dir)
+
+
+# These modules import this one (lookup_open), so they are bound here, once the names
+# they need exist, instead of by an import statement on every CREATE and CLOSE.
+from . import info as _info, lock as _lock  # noqa: E402

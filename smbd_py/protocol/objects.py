@@ -112,7 +112,7 @@ class Open:
                  "pending_times", "lease_fd", "sticky_times", "file",
                  "notify", "cache_id", "stream", "base_fd", "base_components",
                  "base_attributes", "durable_timeout", "disconnected", "request_name",
-                 "app_instance_id")
+                 "app_instance_id", "fd_is_path")
 
     def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
         vid = next(_file_ids)
@@ -125,6 +125,7 @@ class Open:
         self.components: tuple[str, ...] = ()
         self.name = ""                 # the path as the client sees it, backslashes
         self.fd = -1
+        self.fd_is_path = False        # fd is O_PATH (a stat open): its close never blocks
         self.lock_fd = -1
         self.lease_fd = -1
         self.is_dir = False

@@ -48,13 +48,44 @@ def test_open_cached_stays_beneath_the_share(root, tmp_path):
     assert root.open_cached(("esc",), os.O_PATH) == -1
 
 
+def _request():
+    c = C.CreateRequest()
+    c.path_fd = -1
+    return c
+
+
 def test_stat_target_inline_matches_pool_stat(root):
-    got = C._stat_target_inline(root, ("d", "f.txt"))
+    c = _request()
+    got = C._stat_target_inline(root, ("d", "f.txt"), c)
     assert got is not None
     comps, st = got
     assert comps == ("d", "f.txt")
     assert st.st_ino == root.stat(("d", "f.txt")).st_ino
-    assert C._stat_target_inline(root, ("d", "nope")) is None
+    # The O_PATH descriptor it stat'ed through is kept for the open.
+    assert c.path_fd >= 0 and os.fstat(c.path_fd).st_ino == st.st_ino
+    os.close(c.path_fd)
+    c = _request()
+    assert C._stat_target_inline(root, ("d", "nope"), c) is None
+    assert c.path_fd == -1
+
+
+def test_stat_open_takes_the_stat_descriptor(root):
+    """A stat open (O_PATH) becomes the descriptor the target was stat'ed through: no
+    second lookup; a data open or a truncate leaves it to its owner (handle_create)."""
+    c = _request()
+    _comps, st = C._stat_target_inline(root, ("d", "f.txt"), c)
+    held = c.path_fd
+    try:
+        got = C._open_existing_inline(root, ("d", "f.txt"), False, os.O_RDONLY | os.O_NONBLOCK,
+                                      False, c, st)
+        assert got is None and c.path_fd == held
+        assert C._open_existing_inline(root, ("d", "f.txt"), False, os.O_PATH, True, c, st) is None
+        assert c.path_fd == held
+        fd, st2, _stored = C._open_existing_inline(root, ("d", "f.txt"), False, os.O_PATH,
+                                                   False, c, st)
+        assert fd == held and st2 is st and c.path_fd == -1
+    finally:
+        os.close(held)
 
 
 def test_open_existing_inline_only_for_stat_opens_and_dirs(root):
