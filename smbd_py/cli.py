@@ -137,6 +137,13 @@ def cmd_user_del(args) -> int:
     return 0
 
 
+def cmd_streams_gc(args) -> int:
+    from .fs.streams import collect_orphans
+    for did in collect_orphans(args.share_path, dry_run=args.dry_run, min_age_s=args.min_age):
+        print(("would remove " if args.dry_run else "removed ") + did)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smbd-py", description="An SMB2/3 file server whose "
                                 "oplocks and leases are backed by Linux kernel leases.")
@@ -164,6 +171,15 @@ def make_parser() -> argparse.ArgumentParser:
     d.add_argument("name")
     d.add_argument("--users", required=True, metavar="FILE")
     d.set_defaults(func=cmd_user_del)
+    st = sub.add_parser("streams", help="named-stream depot maintenance")
+    stsub = st.add_subparsers(dest="scmd", required=True)
+    g = stsub.add_parser("gc", help="remove the stream depots no file of the share names "
+                         "(left by deletes from other programs)")
+    g.add_argument("share_path")
+    g.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
+    g.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
+                   help="keep depots changed this many seconds before the walk (default 60)")
+    g.set_defaults(func=cmd_streams_gc)
     return p
 
 

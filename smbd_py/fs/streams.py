@@ -23,7 +23,7 @@ copies each depot once and leaves the old ones as orphans (below).
 
 Orphans. The server removes a depot with its file's last name (delete, and a rename or
 link that replaces the file). A program other than the server deleting or replacing a
-base file leaves its depot behind; `python -m smbd_py.fs.streams gc SHARE_PATH`
+base file leaves its depot behind; `smbd-py streams gc SHARE_PATH`
 (collect_orphans) removes the depots no file names any more.
 
 Because a stream is an ordinary file, every fd-based path of the server (READ/WRITE/LOCK,
@@ -421,7 +421,7 @@ def collect_orphans(share_path: str, *, dry_run: bool = False,
     claim from them) and removes the other depots. A depot changed within min_age_s of
     the walk's start is kept: a server may be giving a file its first stream while we
     walk. Blocking and proportional to the share's size: an administrator's tool
-    (`python -m smbd_py.fs.streams gc SHARE_PATH`), best run while the share is quiet
+    (`smbd-py streams gc SHARE_PATH`), best run while the share is quiet
     (a file renamed across directories during the walk can be missed)."""
     start = time.time()
     top = os.path.realpath(share_path)
@@ -497,23 +497,3 @@ class _PathRoot:
 
     def close(self) -> None:
         os.close(self._fd)
-
-
-def _main(argv=None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m smbd_py.fs.streams",
-                                description="named-stream depot maintenance")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("gc", help="remove depots no file of the share names (orphans)")
-    g.add_argument("share_path")
-    g.add_argument("--dry-run", action="store_true", help="list them, remove nothing")
-    g.add_argument("--min-age", type=float, default=60.0,
-                   help="keep depots changed this many seconds before the walk (default 60)")
-    a = p.parse_args(argv)
-    for did in collect_orphans(a.share_path, dry_run=a.dry_run, min_age_s=a.min_age):
-        print(("would remove " if a.dry_run else "removed ") + did)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

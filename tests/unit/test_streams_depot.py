@@ -237,7 +237,7 @@ def test_collect_orphans(share):
     assert (depots / gone).is_dir()
     assert streams.collect_orphans(str(tmp), min_age_s=-5) == [gone]
     assert sorted(os.listdir(depots)) == sorted([kept, deep, copied_from, "not-a-depot"])
-    cli = subprocess.run([sys.executable, "-m", "smbd_py.fs.streams", "gc", str(tmp),
+    cli = subprocess.run([sys.executable, "-m", "smbd_py", "streams", "gc", str(tmp),
                           "--min-age", "-5"], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and cli.stdout == "", cli.stdout + cli.stderr
     assert streams.collect_orphans(str(tmp / "missing")) == []
