@@ -442,7 +442,8 @@ async def handle_create(req) -> bytes:
         replayed = durable.find_replay(req, c.durable)
         if replayed is not None:
             return await durable.replay_response(req, replayed)
-    c.app_instance_id = await durable.close_app_instance(req, c)
+    if durable.APP_INSTANCE_ID in c.contexts:
+        c.app_instance_id = await durable.close_app_instance(req, c)
     root = tree.share.root
     comps, stream = root.split_stream(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
