@@ -55,7 +55,7 @@ import time
 import uuid
 
 from ..wire.status import NtStatus, SmbError
-from .paths import RESERVED_DIR
+from .paths import RESERVED_DIR, StatX
 
 __all__ = ["STREAMS_XATTR", "depot_id", "claim_depot", "ensure_depot_id", "depot_components",
            "stream_components", "find_stream", "list_streams", "remove_depot",
@@ -372,14 +372,12 @@ def release_depot(root, held: tuple[int, str] | None) -> None:
         remove_depot(root, did)
 
 
-class StreamStat:
+class StreamStat(StatX):
     """What a stream open reports: the base file's times, ids and permission bits with the
     stream's size and allocation (MS-FSA: streams share the file's metadata), always a
     regular file (a stream of a directory is not a directory)."""
 
-    __slots__ = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size",
-                 "st_blocks", "st_blksize", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
-                 "st_birthtime_ns", "st_rdev")
+    __slots__ = ()
 
     def __init__(self, base_st, stream_st) -> None:
         self.st_mode = stat_mod.S_IFREG | stat_mod.S_IMODE(base_st.st_mode)
@@ -396,18 +394,6 @@ class StreamStat:
         self.st_ctime_ns = base_st.st_ctime_ns
         self.st_birthtime_ns = getattr(base_st, "st_birthtime_ns", 0)
         self.st_rdev = 0
-
-    @property
-    def st_atime(self) -> float:
-        return self.st_atime_ns / 1e9
-
-    @property
-    def st_mtime(self) -> float:
-        return self.st_mtime_ns / 1e9
-
-    @property
-    def st_ctime(self) -> float:
-        return self.st_ctime_ns / 1e9
 
 
 def collect_orphans(share_path: str, *, dry_run: bool = False,
