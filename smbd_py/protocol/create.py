@@ -15,7 +15,7 @@ from ..fs import info as fsinfo
 from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
-from . import caching, durable
+from . import caching, durable, notify
 from .leases import lease_response_context
 from .objects import Open
 
@@ -794,6 +794,8 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
     fs = op.file
     if fs is not None and op.delete_on_close:
         fs.delete_pending = True
+        if fs.is_dir:
+            notify.delete_pending(fs)
     if fs is not None:
         _lock.release_open_locks(ctx, op)
     caching.closed(ctx, op)

@@ -1,20 +1,18 @@
 """QUERY_DIRECTORY (MS-SMB2 3.3.5.18): streaming enumeration with patterns, restart,
-reopen and single-entry flags; CHANGE_NOTIFY (3.3.5.19) as a pending, cancellable request
-that ends on CANCEL (CANCELLED) or on close of the handle (NOTIFY_CLEANUP). Change events
-themselves are not reported yet (no inotify watch behind it)."""
+reopen and single-entry flags. CHANGE_NOTIFY (3.3.5.19) lives in protocol.notify; its
+handler is re-exported here for the command table."""
 from __future__ import annotations
 
-import asyncio
 import re
 import struct
 
 from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
+from .notify import handle_change_notify  # noqa: F401  (dispatch.py's table)
 
 QD_REQ = struct.Struct("<HBBI16sHHI")     # 32 bytes
 QD_RESP = struct.Struct("<HHI")
-CN_REQ = struct.Struct("<HHI16sII")       # 32 bytes
 RESTART_SCANS = 0x01
 RETURN_SINGLE_ENTRY = 0x02
 INDEX_SPECIFIED = 0x04
@@ -73,43 +71,3 @@ async def handle_query_directory(req) -> bytes:
             raise SmbError(NtStatus.INFO_LENGTH_MISMATCH)
         raise SmbError(NtStatus.NO_SUCH_FILE if first or restart else NtStatus.NO_MORE_FILES)
     return QD_RESP.pack(9, 64 + 8, len(buf)) + buf
-
-
-class NotifyWaiters:
-    """The CHANGE_NOTIFY requests pending on one directory handle (Open.notify)."""
-
-    __slots__ = ("requests",)
-
-    def __init__(self) -> None:
-        self.requests: list = []
-
-    def cancel(self, status: int) -> None:
-        for r in list(self.requests):
-            r.cancel(status)
-
-
-async def handle_change_notify(req) -> bytes:
-    body = req.body
-    if len(body) < CN_REQ.size:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    size, _flags, out_len, raw_fid, completion_filter, _r = CN_REQ.unpack_from(body)
-    if size != 32:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    op = lookup_open(req, raw_fid)
-    if not op.is_dir or out_len > req.conn.max_transact:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    if op.notify is None:
-        op.notify = NotifyWaiters()
-    waiters = op.notify
-    waiters.requests.append(req)
-    try:
-        # MS-SMB2 3.3.5.19: the request stays pending; answer STATUS_PENDING at once.
-        await req.go_async()
-        never = asyncio.get_running_loop().create_future()
-        await req.wait(never)
-    finally:
-        try:
-            waiters.requests.remove(req)
-        except ValueError:
-            pass
-    raise SmbError(NtStatus.NOTIFY_ENUM_DIR)

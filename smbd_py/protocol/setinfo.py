@@ -126,6 +126,9 @@ async def _set_disposition(ctx, op, v, req=None) -> None:
             from . import caching
             await caching.break_handles(req, op, "delete")
         fs.delete_pending = True
+        if fs.is_dir:
+            from .notify import delete_pending
+            delete_pending(fs)
     else:
         fs.delete_pending = False
         for o in fs.opens:
