@@ -627,6 +627,23 @@ class Smb2Client:
                                                          info_class),
             error_value=lambda r: [])
 
+    async def change_notify(self, tid: int, file_id: bytes,
+                            completion_filter: int = wire.NotifyFilter.ALL, *,
+                            watch_tree: bool = False, output_buffer_length: int = 65536,
+                            expect=OK, wait: bool = True, timeout: float | None = None
+                            ) -> list[tuple[int, str]]:
+        """CHANGE_NOTIFY on a directory handle: [(action, name)] once something changed.
+        It goes pending until then: wait=False returns the PendingRequest (await it, or
+        client.cancel() it). Non-success statuses (NOTIFY_ENUM_DIR, NOTIFY_CLEANUP,
+        CANCELLED) give [] when expected."""
+        return await self.request(
+            Command.CHANGE_NOTIFY,
+            wire.change_notify_request(file_id, completion_filter, watch_tree=watch_tree,
+                                       output_buffer_length=output_buffer_length),
+            tree_id=tid, expect=expect, wait=wait, timeout=timeout,
+            parse=lambda r: wire.parse_notify_information(wire.parse_output_buffer(r.raw)),
+            error_value=lambda r: [])
+
     async def list_directory(self, tid: int, path: str = "", pattern: str = "*", *,
                              info_class: int = wire.FileInfoClass.ID_BOTH_DIRECTORY
                              ) -> list[wire.DirEntry]:

@@ -731,6 +731,69 @@ def query_directory_request(file_id: bytes, pattern: str, info_class: int, flags
                                     output_buffer_length) + (p or b"\0")
 
 
+# ---- CHANGE_NOTIFY (MS-SMB2 2.2.35/2.2.36, MS-FSCC 2.7.1) ----
+CHANGE_NOTIFY_REQ = struct.Struct("<HHI16sII")  # 32 bytes
+WATCH_TREE = 0x0001
+STATUS_NOTIFY_CLEANUP = 0x0000010B
+STATUS_NOTIFY_ENUM_DIR = 0x0000010C
+
+
+class NotifyFilter(enum.IntFlag):
+    FILE_NAME = 0x001
+    DIR_NAME = 0x002
+    ATTRIBUTES = 0x004
+    SIZE = 0x008
+    LAST_WRITE = 0x010
+    LAST_ACCESS = 0x020
+    CREATION = 0x040
+    EA = 0x080
+    SECURITY = 0x100
+    STREAM_NAME = 0x200
+    STREAM_SIZE = 0x400
+    STREAM_WRITE = 0x800
+    NAME = FILE_NAME | DIR_NAME
+    ALL = 0xFFF
+
+
+class NotifyAction(enum.IntEnum):
+    ADDED = 1
+    REMOVED = 2
+    MODIFIED = 3
+    RENAMED_OLD_NAME = 4
+    RENAMED_NEW_NAME = 5
+    ADDED_STREAM = 6
+    REMOVED_STREAM = 7
+    MODIFIED_STREAM = 8
+
+
+def change_notify_request(file_id: bytes, completion_filter: int, *, watch_tree: bool = False,
+                          output_buffer_length: int = 65536) -> bytes:
+    return CHANGE_NOTIFY_REQ.pack(32, WATCH_TREE if watch_tree else 0, output_buffer_length,
+                                  file_id, completion_filter, 0)
+
+
+def parse_notify_information(buf: bytes) -> list[tuple[int, str]]:
+    """FILE_NOTIFY_INFORMATION records: [(action, name)], following NextEntryOffset
+    (bounded; a record running past the buffer raises ValueError)."""
+    out: list[tuple[int, str]] = []
+    if not buf:
+        return out
+    off = 0
+    for _ in range(65536):
+        if off + 12 > len(buf):
+            raise ValueError(f"FILE_NOTIFY_INFORMATION truncated at {off}")
+        nxt, action, nlen = struct.unpack_from("<III", buf, off)
+        if off + 12 + nlen > len(buf):
+            raise ValueError(f"FILE_NOTIFY_INFORMATION name runs past the buffer at {off}")
+        out.append((action, buf[off + 12:off + 12 + nlen].decode("utf-16-le")))
+        if nxt == 0:
+            return out
+        if nxt % 4:
+            raise ValueError(f"NextEntryOffset {nxt} not 4-byte aligned")
+        off += nxt
+    raise ValueError("too many FILE_NOTIFY_INFORMATION records")
+
+
 def parse_output_buffer(msg: bytes) -> bytes:
     _, off, length = OUTPUT_BUFFER_RSP.unpack_from(msg, HEADER_SIZE)
     return bytes(msg[off:off + length])
