@@ -26,11 +26,16 @@ MIN_PASS = {
     # durable handles (Samba 4.17 with kernel oplocks = no passes 19 and 14; with kernel
     # oplocks = yes it grants none)
     "smb2.durable-open": 23, "smb2.durable-v2-open": 15,
-    # change notify over inotify (Samba 4.17 passes 18 of 23)
-    "smb2.notify": 23,
+    # change notify over inotify (Samba 4.17 passes 18 of 23; smbd_py 23, mask not run here)
+    "smb2.notify": 22,
 }
 # Floors the list does not meet yet: strict xfails, removed when the issue lands.
 FLOORS_NOT_MET_YET: dict[str, str] = {}
+# Suites run by the names their section lists instead of whole: the rest is too slow
+# for CI (why, per suite). The section's comment says what is left out and its result.
+RUN_LISTED_ONLY: dict[str, str] = {
+    "smb2.notify": "smb2.notify.mask waits 200 ms 352 times (~70 s of the suite's ~80 s)",
+}
 SUITE_TIMEOUT_S = 600
 
 
@@ -60,7 +65,8 @@ def test_smbtorture_suite(tmp_path, suite):
     share = tmp_path / "share"
     share.mkdir()
     with smbd_py_server(str(share)) as srv:
-        results = run_torture([suite], host=srv.host, port=srv.port, share=srv.share,
+        tests = sorted(expected) if suite in RUN_LISTED_ONLY else [suite]
+        results = run_torture(tests, host=srv.host, port=srv.port, share=srv.share,
                               user=srv.user, password=srv.password, timeout_s=SUITE_TIMEOUT_S,
                               extra_args=(f"--option=torture:localdir={share}",))
         assert srv.alive(), "smbd_py died under smbtorture:\n" + srv.log_tail()
