@@ -52,6 +52,8 @@ WATCH_MASK = (I.IN_CREATE | I.IN_DELETE | I.IN_MOVED_FROM | I.IN_MOVED_TO | I.IN
 # Subdirectories watched per tree subscription at most (each costs a kernel watch,
 # fs.inotify.max_user_watches per user).
 MAX_TREE_WATCHES = 4096
+# Events of watches being added, held until they are known (see _add_tree).
+MAX_LIMBO = 4096
 # How long an IN_MOVED_FROM that ended a read waits for its IN_MOVED_TO (the kernel
 # queues the two back to back, but a read can fall between them).
 MOVE_PAIR_WAIT_S = 0.005
@@ -88,34 +90,59 @@ def _os_rel(rel: str) -> str:
     return rel.replace("\\", "/")
 
 
-def scan_subdirs(root_fd: int, rel: str, hide_reserved: bool, limit: int) -> list[str]:
-    """Relative paths (backslashes) of the directories below `rel` of the directory open
-    as `root_fd`, breadth first, at most `limit`; symlinks are not followed. Blocking:
-    run it in the I/O pool."""
-    out: list[str] = []
-    queue = [rel]
-    base = I.fd_path(root_fd).decode()
+def watch_tree(ino: I.Inotify, root_fd: int, rel: str, include_self: bool,
+               hide_reserved: bool, limit: int, list_new: bool = False
+               ) -> tuple[list[tuple[str, int]], list[tuple[int, str, str, bool]]]:
+    """Watch `rel` (if include_self) and the directories below it, of the directory open
+    as `root_fd`, breadth first, at most `limit` watches; symlinks are not followed. Each
+    directory is watched before it is listed, so nothing made in it goes unseen.
+    Returns [(relative path, watch descriptor)] and, with `list_new` (a directory just
+    made: what was made in it before its watch existed must be reported too), every
+    entry seen as (watch descriptor, its directory's path, name, is a directory).
+    Blocking (path lookups, readdir): run it in the I/O pool."""
+    base = I.fd_path(root_fd)
+    out: list[tuple[str, int]] = []
+    entries: list[tuple[int, str, str, bool]] = []
+
+    def add(r: str) -> bool:
+        try:
+            # /proc/self/fd/N is itself a (magic) link: only ever below it here, and
+            # the subdirectory's own last component must not be a symlink.
+            wd = ino.add_watch(base + b"/" + os.fsencode(_os_rel(r)),
+                               WATCH_MASK | I.IN_DONT_FOLLOW)
+        except OSError:
+            return False
+        out.append((r, wd))
+        return True
+
+    if include_self and not add(rel):
+        return out, entries
+    queue = [(rel, out[0][1] if include_self else -1)]
     while queue and len(out) < limit:
-        cur = queue.pop(0)
-        path = f"{base}/{_os_rel(cur)}" if cur else base
+        cur, cur_wd = queue.pop(0)
+        path = base + b"/" + os.fsencode(_os_rel(cur)) if cur else base
         try:
             with os.scandir(path) as it:
                 for e in it:
-                    if cur == "" and hide_reserved and is_reserved_name(e.name):
+                    name = os.fsdecode(e.name)
+                    if cur == "" and hide_reserved and is_reserved_name(name):
                         continue
                     try:
-                        if not e.is_dir(follow_symlinks=False):
-                            continue
+                        is_dir = e.is_dir(follow_symlinks=False)
                     except OSError:
                         continue
-                    sub = join(cur, e.name)
-                    out.append(sub)
-                    queue.append(sub)
+                    if list_new and cur_wd >= 0:
+                        entries.append((cur_wd, cur, name, is_dir))
+                    if not is_dir:
+                        continue
+                    sub = join(cur, name)
+                    if add(sub):
+                        queue.append((sub, out[-1][1]))
                     if len(out) >= limit:
                         break
         except OSError:
             continue
-    return out
+    return out, entries
 
 
 class DirWatcher:
@@ -131,6 +158,11 @@ class DirWatcher:
         self._held_timer: Optional[asyncio.TimerHandle] = None
         self._created: dict[tuple[int, bytes], float] = {}        # (wd, name) -> when
         self._renamed: dict[tuple[int, bytes], None] = {}         # files renamed to
+        self._adding = 0                         # tree additions in the I/O pool
+        # (wd, name) -> the subscriptions that were told of it from a new directory's
+        # listing (their IN_CREATE, if it comes, is not reported again)
+        self._listed: dict[tuple[int, str], set[Subscription]] = {}
+        self._limbo: list[I.Event] = []          # their events read before they were known
         self.events = 0
 
     # ---- subscriptions -----------------------------------------------------------------
@@ -151,6 +183,8 @@ class DirWatcher:
             self._held = None
             self._created.clear()
             self._renamed.clear()
+            self._limbo.clear()
+            self._listed.clear()
             self._loop.remove_reader(self._ino.fd)
             self._ino.close()
             self._ino = None
@@ -160,14 +194,17 @@ class DirWatcher:
         """Watch the directory open as `dir_fd` (which must stay open until
         unsubscribe) and, if `recursive`, its subdirectories. Raises OSError."""
         self._start()
+        assert self._ino is not None
         sub = Subscription(sink, dir_fd, recursive, hide_reserved)
         try:
-            self._add(sub, "")
+            # The fd's own magic link: resolving it looks nothing up on the file system.
+            wd = self._ino.add_watch_fd(dir_fd, WATCH_MASK)
         except OSError:
             self._stop_if_idle()
             raise
+        self._register(sub, "", wd)
         if recursive:
-            await self._add_tree(sub, "")
+            await self._add_tree(sub, "", include_self=False)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -179,49 +216,63 @@ class DirWatcher:
         sub.dirs.clear()
         self._stop_if_idle()
 
-    def _add(self, sub: Subscription, rel: str) -> bool:
-        """Watch `rel` below the subscription's directory for it. OSError for the
-        directory itself; False when a subdirectory cannot be watched (gone already,
-        not a directory, the limit reached)."""
-        if sub.closed or self._ino is None:
-            return False
-        if rel and len(sub.dirs) > MAX_TREE_WATCHES:
-            if not sub.full_warned:
+    def _register(self, sub: Subscription, rel: str, wd: int) -> None:
+        if sub.closed:
+            if wd not in self._subs_of and self._ino is not None:
+                try:
+                    self._ino.rm_watch(wd)
+                except OSError:
+                    pass
+            return
+        old = sub.dirs.get(wd)
+        if old is not None and old != rel:
+            return          # the same directory under two names (bind mount): keep one
+        sub.dirs[wd] = rel
+        self._subs_of.setdefault(wd, {})[sub] = None
+
+    async def _add_tree(self, sub: Subscription, rel: str, *, include_self: bool,
+                        list_new: bool = False) -> None:
+        """Watch `rel` (if include_self) and every directory below it for `sub`: path
+        lookups and listings run in the I/O pool; events of the new watches read
+        meanwhile wait in limbo and are reported once the watches are known."""
+        limit = MAX_TREE_WATCHES + 1 - len(sub.dirs)
+        if limit <= 0 or sub.closed or self._ino is None:
+            if not sub.full_warned and limit <= 0:
                 sub.full_warned = True
                 log.warning("change notify: more than %d directories below one watched "
                             "tree; deeper changes are not reported", MAX_TREE_WATCHES)
-            return False
-        path = I.fd_path(sub.root_fd)
-        if rel:
-            path += b"/" + os.fsencode(_os_rel(rel))
-        try:
-            # /proc/self/fd/N is itself a (magic) link: follow it for the directory
-            # itself; a subdirectory's own last component must not be a symlink.
-            wd = self._ino.add_watch(path, WATCH_MASK | I.IN_DONT_FOLLOW if rel else WATCH_MASK)
-        except OSError:
-            if not rel:
-                raise
-            return False
-        old = sub.dirs.get(wd)
-        if old is not None and old != rel:
-            return True     # the same directory under two names (bind mount): keep one
-        sub.dirs[wd] = rel
-        self._subs_of.setdefault(wd, {})[sub] = None
-        return True
-
-    async def _add_tree(self, sub: Subscription, rel: str) -> None:
-        """Watch every directory below `rel` (the scan runs in the I/O pool)."""
-        limit = MAX_TREE_WATCHES - len(sub.dirs) + 1
-        if limit <= 0:
             return
-        if self._run_io is not None:
-            rels = await self._run_io(scan_subdirs, sub.root_fd, rel, sub.hide_reserved, limit)
-        else:
-            rels = scan_subdirs(sub.root_fd, rel, sub.hide_reserved, limit)
-        for r in rels:
-            if not self._add(sub, r):
-                if sub.closed or len(sub.dirs) > MAX_TREE_WATCHES:
-                    return
+        ino = self._ino
+        self._adding += 1
+        try:
+            if self._run_io is not None:
+                pairs, entries = await self._run_io(watch_tree, ino, sub.root_fd, rel,
+                                                    include_self, sub.hide_reserved, limit,
+                                                    list_new)
+            else:
+                pairs, entries = watch_tree(ino, sub.root_fd, rel, include_self,
+                                            sub.hide_reserved, limit, list_new)
+        finally:
+            self._adding -= 1
+        if ino is not self._ino:
+            return          # the descriptor was closed meanwhile (nothing watched)
+        for r, wd in pairs:
+            self._register(sub, r, wd)
+        # A new directory's entries made before its watch: reported now, and their
+        # IN_CREATE (if they came after the watch after all) not a second time.
+        for wd, r, name, is_dir in entries:
+            if sub.closed:
+                break
+            if len(self._listed) > 4096:
+                self._listed.clear()
+            self._listed.setdefault((wd, name), set()).add(sub)
+            sub.sink.on_change(FILE_ACTION_ADDED, join(r, name), is_dir, CHANGE_NAME)
+        limbo, self._limbo = self._limbo, []
+        known = [e for e in limbo if e.wd in self._subs_of]
+        if self._adding:
+            self._limbo = [e for e in limbo if e.wd not in self._subs_of]
+        if known:
+            self._process(known, final=True)
 
     def _drop(self, sub: Subscription, wd: int) -> None:
         sub.dirs.pop(wd, None)
@@ -245,12 +296,18 @@ class DirWatcher:
                 self._drop(sub, wd)
 
     def _rename_below(self, sub: Subscription, old: str, new: str) -> None:
+        """A directory of `sub`'s tree moved inside it: its watches keep their
+        descriptors, their paths change (one not watched yet is watched now)."""
         pre = old + "\\"
+        found = False
         for wd, r in list(sub.dirs.items()):
             if r == old:
                 sub.dirs[wd] = new
+                found = True
             elif r.startswith(pre):
                 sub.dirs[wd] = new + r[len(old):]
+        if not found:
+            self._watch_new_dir(sub, new, list_new=False)
 
     # ---- events ------------------------------------------------------------------------
     def drain(self) -> None:
@@ -299,6 +356,8 @@ class DirWatcher:
                 continue
             subs = self._subs_of.get(ev.wd)
             if subs is None:
+                if self._adding and len(self._limbo) < MAX_LIMBO:
+                    self._limbo.append(ev)
                 continue
             if mask & I.IN_IGNORED:
                 self._gone(ev.wd)
@@ -340,6 +399,7 @@ class DirWatcher:
                 self._report(ev.wd, FILE_ACTION_ADDED, name, is_dir, CHANGE_NAME)
             elif mask & I.IN_DELETE:
                 self._renamed.pop(key, None)
+                self._listed.pop((ev.wd, name), None)
                 self._report(ev.wd, FILE_ACTION_REMOVED, name, is_dir, CHANGE_NAME)
             elif mask & I.IN_MODIFY:
                 self._report(ev.wd, FILE_ACTION_MODIFIED, name, is_dir, CHANGE_DATA)
@@ -351,22 +411,31 @@ class DirWatcher:
         subs = self._subs_of.get(wd)
         if not subs:
             return
+        listed = self._listed.get((wd, name)) if action == FILE_ACTION_ADDED else None
         for sub in list(subs):
             rel = sub.dirs.get(wd)
             if rel is None or sub.hidden(rel, name):
                 continue
+            if listed is not None and sub in listed:
+                # Reported from the new directory's listing already.
+                listed.discard(sub)
+                if not listed:
+                    self._listed.pop((wd, name), None)
+                continue
             path = join(rel, name)
             if is_dir and sub.recursive:
                 if action == FILE_ACTION_ADDED:
-                    self._watch_new_dir(sub, path)
+                    self._watch_new_dir(sub, path, list_new=True)
                 elif action == FILE_ACTION_REMOVED:
                     self._drop_below(sub, path)
             sub.sink.on_change(action, path, is_dir, what)
 
-    def _watch_new_dir(self, sub: Subscription, path: str) -> None:
-        if self._add(sub, path):
-            # Directories made inside it before its watch existed (mkdir -p).
-            self._loop.create_task(self._add_tree(sub, path))
+    def _watch_new_dir(self, sub: Subscription, path: str, *, list_new: bool) -> None:
+        """A directory appeared in `sub`'s tree: watch it and what is below it. Made just
+        now (`list_new`), what was made in it before its watch is reported too; moved
+        in, it counts as one addition, as on Windows."""
+        self._loop.create_task(self._add_tree(sub, path, include_self=True,
+                                              list_new=list_new))
 
     def _move(self, src: Optional[I.Event], dst: Optional[I.Event]) -> None:
         ev = src if src is not None else dst
@@ -407,7 +476,7 @@ class DirWatcher:
             elif old is not None and is_dir and sub.recursive:
                 self._drop_below(sub, old)
             elif new is not None and is_dir and sub.recursive:
-                self._watch_new_dir(sub, new)
+                self._watch_new_dir(sub, new, list_new=False)
             if old is not None:
                 sink.on_change(FILE_ACTION_REMOVED, old, is_dir, CHANGE_NAME)
             if new is not None:

@@ -113,7 +113,7 @@ async def test_tree_watch_follows_new_and_moved_directories(tree):
     assert sorted(sub.dirs.values()) == ["", "a", "a\\b"]
     (root / "a" / "b" / "deep.txt").write_bytes(b"")
     (root / "c").mkdir()
-    w.drain()
+    await settle(w)                                      # its watch is added
     (root / "c" / "in-c.txt").write_bytes(b"")
     os.rename(root / "c", root / "a" / "c2")            # a directory moves inside the tree
     w.drain()
@@ -131,6 +131,28 @@ async def test_tree_watch_follows_new_and_moved_directories(tree):
     assert sorted(sub.dirs.values()) == ["", "a", "a\\c2"]
     w.unsubscribe(sub)
     assert w.watches == 0 and w._ino is None
+
+
+async def test_what_is_made_in_a_new_directory_before_its_watch_is_reported_once(tree):
+    root, fd = tree
+    w = DW.DirWatcher(asyncio.get_running_loop())
+    sink = Sink()
+    sub = await w.subscribe(sink, fd, recursive=True, hide_reserved=False)
+    (root / "d").mkdir()
+    w.drain()                           # the watch of d is being added (not yet there)
+    (root / "d" / "x.txt").write_bytes(b"")
+    (root / "d" / "sub").mkdir()
+    (root / "d" / "sub" / "y.txt").write_bytes(b"")
+    await settle(w)
+    await settle(w)
+    (root / "d" / "sub" / "z.txt").write_bytes(b"")
+    await settle(w)
+    names = sink.names()
+    for n in ("d", "d\\x.txt", "d\\sub", "d\\sub\\y.txt", "d\\sub\\z.txt"):
+        assert names.count((ADDED, n)) == 1, (n, names)
+    assert names[0] == (ADDED, "d")
+    assert sorted(sub.dirs.values()) == ["", "a", "a\\b", "d", "d\\sub"]
+    w.unsubscribe(sub)
 
 
 async def test_reserved_directory_is_hidden_and_not_watched(tree):
