@@ -163,6 +163,7 @@ class DirWatcher:
         # listing (their IN_CREATE, if it comes, is not reported again)
         self._listed: dict[tuple[int, str], set[Subscription]] = {}
         self._limbo: list[I.Event] = []          # their events read before they were known
+        self._tasks: set[asyncio.Task] = set()
         self.events = 0
 
     # ---- subscriptions -----------------------------------------------------------------
@@ -434,8 +435,15 @@ class DirWatcher:
         """A directory appeared in `sub`'s tree: watch it and what is below it. Made just
         now (`list_new`), what was made in it before its watch is reported too; moved
         in, it counts as one addition, as on Windows."""
-        self._loop.create_task(self._add_tree(sub, path, include_self=True,
-                                              list_new=list_new))
+        t = self._loop.create_task(self._add_tree_logged(sub, path, list_new))
+        self._tasks.add(t)              # the loop keeps only a weak reference
+        t.add_done_callback(self._tasks.discard)
+
+    async def _add_tree_logged(self, sub: Subscription, path: str, list_new: bool) -> None:
+        try:
+            await self._add_tree(sub, path, include_self=True, list_new=list_new)
+        except Exception as e:          # the I/O pool shut down (server stopping), ...
+            log.debug("change notify: no watch below %s: %r", path, e)
 
     def _move(self, src: Optional[I.Event], dst: Optional[I.Event]) -> None:
         ev = src if src is not None else dst
