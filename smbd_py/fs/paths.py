@@ -25,6 +25,8 @@ __all__ = [
     "fstatx",
     "statx_at",
     "STATX_AVAILABLE",
+    "fstat_btime",
+    "stat_btime_at",
     "PathEscapeError",
     "errno_to_status",
     "split_path",
@@ -153,8 +155,12 @@ try:
     _statx = _libc.statx
     _statx.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_char_p]
     _statx.restype = ctypes.c_int
+    # The same function without argtypes: ctypes passes ints and bytes as they are and
+    # skips the per-call conversion (the hot path always passes exactly these types).
+    _statx_raw = ctypes.CFUNCTYPE(ctypes.c_int, use_errno=True)(("statx", _libc))
+    _statx_raw.argtypes = None
 except AttributeError:  # glibc < 2.28
-    _statx = None
+    _statx = _statx_raw = None
 
 
 class StatX:
@@ -183,21 +189,44 @@ class StatX:
         return "StatX(" + ", ".join(f"{k}={getattr(self, k)}" for k in self.__slots__) + ")"
 
 
+# One result buffer per thread (the I/O pool calls statx from many threads at once),
+# allocated once: a call then costs the syscall, one unpack and the result object.
+_statx_tls = threading.local()
+_WANT_MASK = _STATX_BASIC_STATS | _STATX_BTIME
+_unpack_statx = _STATX.unpack_from
+_new_object = object.__new__
+_makedev = os.makedev
+
+
+def _statx_buffer():
+    buf = _statx_tls.__dict__.get("buf")
+    if buf is None:
+        buf = _statx_tls.buf = ctypes.create_string_buffer(_STATX_BUF)
+    return buf
+
+
 def _do_statx(dir_fd: int, path: bytes, flags: int) -> StatX:
-    buf = ctypes.create_string_buffer(_STATX_BUF)
-    if _statx(dir_fd, path, flags, _STATX_BASIC_STATS | _STATX_BTIME, buf) != 0:
+    buf = _statx_buffer()
+    if _statx_raw(dir_fd, path, flags, _WANT_MASK, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), os.fsdecode(path))
     (mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
-     a_s, a_n, b_s, b_n, c_s, c_n, m_s, m_n, rmaj, rmin, dmaj, dmin) = _STATX.unpack_from(buf.raw)
-    r = StatX()
-    r.st_mode, r.st_ino, r.st_nlink, r.st_uid, r.st_gid = mode, ino, nlink, uid, gid
-    r.st_size, r.st_blocks, r.st_blksize = size, blocks, blksize
-    r.st_dev = os.makedev(dmaj, dmin)
-    r.st_rdev = os.makedev(rmaj, rmin)
+     a_s, a_n, b_s, b_n, c_s, c_n, m_s, m_n, rmaj, rmin, dmaj, dmin) = _unpack_statx(buf)
+    r = _new_object(StatX)
+    r.st_mode = mode
+    r.st_ino = ino
+    r.st_nlink = nlink
+    r.st_uid = uid
+    r.st_gid = gid
+    r.st_size = size
+    r.st_blocks = blocks
+    r.st_blksize = blksize
+    r.st_dev = _makedev(dmaj, dmin)
+    r.st_rdev = _makedev(rmaj, rmin) if rmaj or rmin else 0
     r.st_atime_ns = a_s * 1_000_000_000 + a_n
     r.st_mtime_ns = m_s * 1_000_000_000 + m_n
     r.st_ctime_ns = c_s * 1_000_000_000 + c_n
+    # 0 where the file system keeps no birth time (fs.info.creation_ns then falls back).
     r.st_birthtime_ns = b_s * 1_000_000_000 + b_n if mask & _STATX_BTIME else 0
     return r
 
@@ -209,7 +238,13 @@ def fstatx(fd: int) -> StatX:
 
 def statx_at(name: str, dir_fd: int, follow_symlinks: bool = True) -> StatX:
     """os.stat(name, dir_fd=..., follow_symlinks=...) with the birth time."""
-    return _do_statx(dir_fd, os.fsencode(name), 0 if follow_symlinks else _AT_SYMLINK_NOFOLLOW)
+    # str.encode as os.fsencode does it, without its Python-level wrapper (listings stat
+    # every entry through here).
+    path = name.encode(_FS_ENCODING, "surrogateescape") if name.__class__ is str else name
+    return _do_statx(dir_fd, path, 0 if follow_symlinks else _AT_SYMLINK_NOFOLLOW)
+
+
+_FS_ENCODING = __import__("sys").getfilesystemencoding()
 
 
 def _probe_statx() -> bool:
@@ -223,6 +258,11 @@ def _probe_statx() -> bool:
 
 
 STATX_AVAILABLE = _probe_statx()
+# What the server stats with wherever it reports a CreationTime: statx (birth time
+# included) where the C library has it, else os.fstat / os.stat (no birth time: the
+# creation time is then fs.info.creation_ns's fallback).
+fstat_btime = fstatx if STATX_AVAILABLE else os.fstat
+stat_btime_at = statx_at if STATX_AVAILABLE else os.stat
 
 
 # ---------------------------------------------------------------------------
@@ -393,7 +433,7 @@ class ShareRoot:
     """
 
     def __init__(self, path: str, case_sensitive: bool = False, use_openat2: bool | None = None,
-                 use_statx: bool = False) -> None:
+                 use_statx: bool = True) -> None:
         self.path = os.path.realpath(path)
         # With use_statx, stat() returns StatX (birth time included) instead of os.stat_result.
         self._fstat = fstatx if (use_statx and STATX_AVAILABLE) else os.fstat

@@ -330,7 +330,8 @@ def _dup_finish(fd: int, truncate: bool):
     from .info import read_stored_attributes
     if truncate:
         os.ftruncate(fd, 0)
-    return fd, os.fstat(fd), read_stored_attributes(fd)
+    from ..fs.paths import fstat_btime     # the CREATE response's CreationTime
+    return fd, fstat_btime(fd), read_stored_attributes(fd)
 
 
 def _lease_break_time() -> float:

@@ -13,6 +13,7 @@ import weakref
 
 from ..fs import info as fsinfo
 from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
+from ..fs.paths import fstat_btime   # statx: CreationTime is the birth time
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from . import caching, durable, notify
@@ -261,7 +262,7 @@ def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool,
     if fd < 0:
         return None
     try:
-        st = os.fstat(fd)
+        st = fstat_btime(fd)
     except OSError:
         os.close(fd)
         return None
@@ -275,7 +276,7 @@ def _create_new(root, comps, is_dir: bool, mode: int, flags: int):
         fd = root.open(comps, _O_DIR)
     else:
         fd = root.open(comps, flags | os.O_CREAT | os.O_EXCL, mode)
-    return fd, os.fstat(fd), None
+    return fd, fstat_btime(fd), None
 
 
 def _open_existing(root, comps, is_dir: bool, flags: int, truncate: bool):
@@ -284,7 +285,7 @@ def _open_existing(root, comps, is_dir: bool, flags: int, truncate: bool):
     else:
         fd = root.open(comps, flags | (os.O_TRUNC if truncate else 0))
     from .info import read_stored_attributes
-    return fd, os.fstat(fd), read_stored_attributes(fd)
+    return fd, fstat_btime(fd), read_stored_attributes(fd)
 
 
 class _StreamTarget:
@@ -426,7 +427,7 @@ def _stream_view(op):
     from ..fs.streams import StreamStat
     from .info import read_stored_attributes
     op.base_attributes = read_stored_attributes(op.base_fd)
-    return StreamStat(os.fstat(op.base_fd), os.fstat(op.fd))
+    return StreamStat(fstat_btime(op.base_fd), os.fstat(op.fd))
 
 
 async def handle_create(req) -> bytes:
@@ -702,7 +703,7 @@ def _preallocate(fd: int, size: int):
             _fallocate = libc.fallocate
             _fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
         _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, min(size, 1 << 62))
-    return os.fstat(fd)
+    return fstat_btime(fd)
 
 
 _fallocate = None
@@ -774,7 +775,7 @@ async def handle_close(req) -> bytes:
     st = None
     if flags & CLOSE_FLAG_POSTQUERY_ATTRIB and op.fd >= 0:
         try:
-            st = os.fstat(op.fd)
+            st = fstat_btime(op.fd)
         except OSError:
             st = None
     await close_open(ctx, op)

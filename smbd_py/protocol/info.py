@@ -10,6 +10,7 @@ import struct
 from ..fs import ea as fsea
 from ..fs import info as fsinfo
 from ..fs.info import FileInfoClass as FIC
+from ..fs.paths import fstat_btime   # statx: CreationTime is the birth time
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
@@ -200,7 +201,7 @@ async def handle_query_info(req) -> bytes:
             from .create import _stream_view
             st = await ctx.run_io(_stream_view, op)
         else:
-            st = await ctx.run_io(os.fstat, op.fd)
+            st = await ctx.run_io(fstat_btime, op.fd)
         if klass == FIC.FileStreamInformation:
             from ..fs import streams as fsstreams
             named = await ctx.run_io(fsstreams.list_streams, op.tree.share.root, meta_fd(op))

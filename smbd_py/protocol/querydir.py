@@ -7,6 +7,7 @@ import re
 import struct
 
 from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
+from ..fs.paths import stat_btime_at   # statx: CreationTime is the birth time
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
 from .notify import handle_change_notify  # noqa: F401  (dispatch.py's table)
@@ -25,7 +26,8 @@ def _fill(op, info_class: int, max_len: int, single: bool, pattern: str | None, 
     cur = op.dir_cursor
     if cur is None:
         cur = op.dir_cursor = DirCursor(op.fd, pattern=pattern or "*",
-                                        share=op.tree.share.root, components=op.file.components)
+                                        share=op.tree.share.root, components=op.file.components,
+                                        stat_fn=stat_btime_at)
     elif pattern is not None and restart:
         cur.set_pattern(pattern)
     elif restart:
