@@ -40,6 +40,12 @@ from smbd_py.oplocks.types import (
 
 LeaseId = tuple  # (client_guid, lease_key)
 
+# Grant and OpenResult are frozen: one instance per oplock level serves every open that
+# gets that level with nothing to do (most opens: an open+close loop builds none).
+_OPLOCK_GRANTS = {lvl: Grant(lvl) for lvl in (OPLOCK_NONE, OPLOCK_II, OPLOCK_EXCLUSIVE,
+                                               OPLOCK_BATCH)}
+_OPLOCK_OK = {lvl: OpenResult(NtStatus.SUCCESS, g, ()) for lvl, g in _OPLOCK_GRANTS.items()}
+
 
 @dataclass
 class Lease:
@@ -277,10 +283,12 @@ class LeaseTable:
             if got_handle_lease or other_exclusive:
                 granted = LEASE_NONE
             op.oplock = lease_to_oplock(granted)
-            grant = Grant(op.oplock)
+            grant = _OPLOCK_GRANTS[op.oplock]
         fs.opens[req.open_id] = op
         self._opens[req.open_id] = op
         self._post_change(req.file_key, actions, resume=False)
+        if not actions and want_lease is None:
+            return _OPLOCK_OK[op.oplock]
         return OpenResult(NtStatus.SUCCESS, grant, tuple(actions))
 
     def cancel_wait(self, waiter_id: Hashable) -> None:
