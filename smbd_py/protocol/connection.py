@@ -405,6 +405,9 @@ class Connection:
     def _consume_credits(self, hdr: Header) -> None:
         charge = hdr.credit_charge or 1
         mid = hdr.message_id
+        if mid == self.seq_low and charge == 1 and not self.seq_used and mid < self.seq_high:
+            self.seq_low = mid + 1        # the usual case: the lowest id, nothing out of order
+            return
         if mid < self.seq_low or mid + charge > self.seq_high:
             raise Disconnect(f"message id {mid} outside the credit window "
                              f"[{self.seq_low}, {self.seq_high})")
