@@ -51,14 +51,16 @@ def _short(name: str) -> tuple[int, bytes]:
     return len(sn), sn.ljust(24, b"\0")
 
 
-def encode_entry(info_class: int, name: str, st, attributes: int | None = None) -> bytes:
-    """One unpadded entry with NextEntryOffset 0."""
+def encode_entry(info_class: int, name: str, st, attributes: int | None = None,
+                 btime_ns: int | None = None) -> bytes:
+    """One unpadded entry with NextEntryOffset 0 (btime_ns: a creation time that
+    overrides the stat's, see fs.info.creation_ns)."""
     n = name.encode("utf-16-le", "surrogatepass")
     ln = len(n)
     if info_class == FileInfoClass.FileNamesInformation:
         return _NAMES.pack(0, 0, ln) + n
     attrs = dos_attributes(st, name) if attributes is None else attributes
-    c, a, w, ch = file_times(st)
+    c, a, w, ch = file_times(st, btime_ns)
     eof = end_of_file(st)
     alloc = allocation_size(st)
     if info_class == FileInfoClass.FileIdBothDirectoryInformation:
@@ -151,7 +153,9 @@ class DirCursor:
         # The share root's reserved directory (fs.paths.RESERVED_DIR) is never listed.
         self._hide_reserved = share is not None and not self._components
         # attributes_of(dir_fd, name, st) -> DOS attributes, for callers that keep
-        # attributes of their own (e.g. in xattrs) so listings agree with QUERY_INFO.
+        # attributes of their own (e.g. in xattrs) so listings agree with QUERY_INFO;
+        # None: derive them. An int with a creation_ns attribute also overrides the
+        # entry's creation time (a client-set one, protocol.info.StoredAttributes).
         self._attributes_of = attributes_of
         # stat_fn(name, dir_fd=, follow_symlinks=) replaces os.stat, e.g. paths.statx_at
         # so listings carry birth times like the caller's fstat does.
@@ -234,7 +238,8 @@ class DirCursor:
             attrs_of = self._attributes_of
             for i, (name, st) in enumerate(batch):
                 attrs = None if attrs_of is None or name in (".", "..") else attrs_of(self._fd, name, st)
-                if not p.add(encode_entry(info_class, name, st, attrs)):
+                btime = None if attrs is None else getattr(attrs, "creation_ns", None)
+                if not p.add(encode_entry(info_class, name, st, attrs, btime)):
                     for ent in reversed(batch[i:]):
                         self.push_back(ent)
                     return bytes(p.buf), p.count

@@ -723,7 +723,7 @@ async def _apply_create_eas(ctx, op: Open, raw: bytes, replace: bool) -> None:
 
 
 def _create_response(op: Open, st, action: int, oplock: int, contexts) -> bytes:
-    ct, at, wt, cht = fsinfo.file_times(st)
+    ct, at, wt, cht = fsinfo.file_times(st, _info.creation_override(op))
     blob = build_contexts(contexts) if contexts else b""
     ctx_off = 64 + 88 if blob else 0
     body = CREATE_RESP.pack(89, oplock, 0, action, ct, at, wt, cht,
@@ -781,8 +781,8 @@ async def handle_close(req) -> bytes:
     await close_open(ctx, op)
     if st is None:
         return CLOSE_RESP.pack(60, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    from .info import attributes_of
-    ct, at, wt, cht = fsinfo.file_times(st)
+    from .info import attributes_of, creation_override
+    ct, at, wt, cht = fsinfo.file_times(st, creation_override(op))
     return CLOSE_RESP.pack(60, CLOSE_FLAG_POSTQUERY_ATTRIB, 0, ct, at, wt, cht,
                            fsinfo.allocation_size(st), fsinfo.end_of_file(st), attributes_of(op, st))
 

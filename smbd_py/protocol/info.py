@@ -56,36 +56,126 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+# The xattr's value: DOS attributes (4 bytes LE), then optionally a creation time a
+# client set (8 bytes LE, Unix ns): Linux cannot set a birth time, so it is kept here
+# as Samba keeps it in user.DOSATTRIB, and it moves with the inode across renames.
+_CREATION = struct.Struct("<q")
+# On a directory: some entry holds stored attributes or a creation time that differ
+# from what its mode and name give, so a listing must read each entry's xattr. Without
+# it a listing costs no xattr read per entry.
+DIR_MARK_XATTR = "user.smbd_py.dosattrib_in"
+
+
+class StoredAttributes(int):
+    """Stored DOS attributes that also carry a client-set creation time (creation_ns).
+    An int, so it travels wherever stored attributes do (FileState.attributes,
+    Open.base_attributes, create's stored cache) and every bit test works unchanged."""
+
+    def __new__(cls, attrs: int, creation_ns: int) -> "StoredAttributes":
+        o = int.__new__(cls, attrs)
+        o.creation_ns = creation_ns
+        return o
+
+
+def parse_stored(v: bytes) -> int | None:
+    if len(v) < 4:
+        return None
+    attrs = int.from_bytes(v[:4], "little")
+    if len(v) >= 12:
+        (creation,) = _CREATION.unpack_from(v, 4)
+        if creation:
+            return StoredAttributes(attrs, creation)
+    return attrs
+
+
 def read_stored_attributes(fd: int) -> int | None:
     try:
         v = os.getxattr(_fd_path(fd), ATTR_XATTR)
     except OSError:
         return None
-    return int.from_bytes(v[:4], "little") if len(v) >= 4 else None
+    return parse_stored(v)
 
 
-def attributes_of(op, st) -> int:
+def creation_override(op) -> int | None:
+    """The creation time (Unix ns) a client set on the open's file, or None: it then
+    is the file's birth time (fs.info.creation_ns)."""
     if getattr(op, "stream", None) is not None:
-        # A stream has its file's attributes (st is then an fs.streams.StreamStat).
         stored = op.base_attributes
-        name = op.base_components[-1] if op.base_components else ""
-        attrs = fsinfo.dos_attributes(st, name, stored=stored)
-        if stored is not None and not st.st_mode & stat_mod.S_IWUSR:
-            attrs |= A.FILE_ATTRIBUTE_READONLY
-            attrs &= ~A.FILE_ATTRIBUTE_NORMAL
-        return attrs
-    fs = op.file
-    stored = getattr(fs, "attributes", None) if fs is not None else None
-    name = op.components[-1] if op.components else ""
+    else:
+        stored = op.file.attributes if op.file is not None else None
+    return getattr(stored, "creation_ns", None)
+
+
+def _combine(st, name: str, stored: int | None, is_dir: bool) -> int:
     attrs = fsinfo.dos_attributes(st, name, stored=stored)
-    if stored is not None and not stat_mod.S_ISDIR(st.st_mode) and not st.st_mode & stat_mod.S_IWUSR:
+    if stored is not None and not is_dir and not st.st_mode & stat_mod.S_IWUSR:
         attrs |= A.FILE_ATTRIBUTE_READONLY
         attrs &= ~A.FILE_ATTRIBUTE_NORMAL
     return attrs
 
 
-def _apply_attributes(fd: int, attrs: int, is_dir: bool) -> int:
-    """Persist DOS attributes: READONLY as the write bits, the rest in an xattr."""
+def attributes_of(op, st) -> int:
+    if getattr(op, "stream", None) is not None:
+        # A stream has its file's attributes (st is then an fs.streams.StreamStat).
+        name = op.base_components[-1] if op.base_components else ""
+        return _combine(st, name, op.base_attributes, False)
+    fs = op.file
+    stored = getattr(fs, "attributes", None) if fs is not None else None
+    name = op.components[-1] if op.components else ""
+    return _combine(st, name, stored, stat_mod.S_ISDIR(st.st_mode))
+
+
+def listing_attributes(dir_fd: int, name: str, st) -> int | None:
+    """fs.dirinfo's attributes_of for directories marked with DIR_MARK_XATTR: the
+    attributes QUERY_INFO reports for the entry (a StoredAttributes when a creation
+    time was set), or None when the entry stores nothing (then derived as usual)."""
+    try:
+        v = os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", ATTR_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+    stored = parse_stored(v)
+    if stored is None:
+        return None
+    attrs = _combine(st, name, stored, stat_mod.S_ISDIR(st.st_mode))
+    creation = getattr(stored, "creation_ns", None)
+    return StoredAttributes(attrs, creation) if creation else attrs
+
+
+def dir_is_marked(fd: int) -> bool:
+    """Whether a listing of the directory must read its entries' xattrs."""
+    try:
+        os.getxattr(_fd_path(fd), DIR_MARK_XATTR)
+    except OSError:
+        return False
+    return True
+
+
+def _mark_parent(root, components) -> None:
+    """Mark the directory holding `components` (DIR_MARK_XATTR), once. I/O pool."""
+    if not components:
+        return
+    try:
+        dfd = root.open_dir(tuple(components[:-1]))
+    except SmbError:
+        return
+    try:
+        if not dir_is_marked(dfd):
+            os.setxattr(_fd_path(dfd), DIR_MARK_XATTR, b"1")
+    except OSError:
+        pass        # no user xattrs here: listings derive attributes as before
+    finally:
+        os.close(dfd)
+
+
+def _significant(keep: int, is_dir: bool) -> bool:
+    """Stored attributes a listing would not derive by itself from mode and name."""
+    return getattr(keep, "creation_ns", None) is not None or \
+        keep != (0 if is_dir else A.FILE_ATTRIBUTE_ARCHIVE)
+
+
+def _apply_attributes(fd: int, attrs: int, is_dir: bool, creation_ns: int | None = None) -> int:
+    """Persist DOS attributes: READONLY as the write bits, the rest in an xattr (with
+    the creation time a client set, if any). Returns what is stored."""
     path = _fd_path(fd)
     st = os.stat(path)
     if not is_dir:
@@ -97,8 +187,12 @@ def _apply_attributes(fd: int, attrs: int, is_dir: bool) -> int:
         if new != mode:
             os.chmod(path, new)
     keep = attrs & STORED_ATTRIBUTES
+    value = keep.to_bytes(4, "little")
+    if creation_ns:
+        value += _CREATION.pack(creation_ns)
+        keep = StoredAttributes(keep, creation_ns)
     try:
-        os.setxattr(path, ATTR_XATTR, keep.to_bytes(4, "little"))
+        os.setxattr(path, ATTR_XATTR, value)
     except OSError as e:
         if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
             raise
@@ -111,18 +205,35 @@ def meta_fd(op) -> int:
     return op.base_fd if getattr(op, "stream", None) is not None else op.fd
 
 
-async def store_attributes(ctx, op, attrs: int) -> None:
+async def store_attributes(ctx, op, attrs: int | None, creation_ns: int | None = None) -> None:
+    """Store DOS attributes (None: keep the current ones) and, when given, a creation
+    time; a creation time set before is kept."""
     if op.fd < 0 or op.file is None:
         return
+    root = op.tree.share.root
     if op.stream is not None:
-        base_is_dir = stat_mod.S_ISDIR((await ctx.run_io(os.fstat, op.base_fd)).st_mode)
-        op.base_attributes = await ctx.run_io(_apply_attributes, op.base_fd, attrs, base_is_dir)
+        base_st = await ctx.run_io(os.fstat, op.base_fd)
+        base_is_dir = stat_mod.S_ISDIR(base_st.st_mode)
+        if attrs is None:
+            attrs = attributes_of(op, base_st)
+        if creation_ns is None:
+            creation_ns = getattr(op.base_attributes, "creation_ns", None)
+        op.base_attributes = await ctx.run_io(_apply_attributes, op.base_fd, attrs, base_is_dir,
+                                              creation_ns)
         base_fs = ctx.files.get(_key_of(op))
         if base_fs is not None:
             base_fs.attributes = op.base_attributes
+        if _significant(op.base_attributes, base_is_dir):
+            await ctx.run_io(_mark_parent, root, op.base_components)
         return
-    keep = await ctx.run_io(_apply_attributes, op.fd, attrs, op.is_dir)
+    if attrs is None:
+        attrs = attributes_of(op, await ctx.run_io(os.fstat, op.fd))
+    if creation_ns is None:
+        creation_ns = getattr(op.file.attributes, "creation_ns", None)
+    keep = await ctx.run_io(_apply_attributes, op.fd, attrs, op.is_dir, creation_ns)
     op.file.attributes = keep
+    if _significant(keep, op.is_dir):
+        await ctx.run_io(_mark_parent, root, op.file.components)
 
 
 def _key_of(op):
@@ -144,7 +255,7 @@ def _open_state(op, st, ea_size: int = 0) -> fsinfo.OpenState:
                             attributes=attributes_of(op, st),
                             delete_pending=bool(op.file and op.file.delete_pending),
                             position=op.position, mode=op.mode, access_mask=op.granted_access,
-                            ea_size=ea_size)
+                            ea_size=ea_size, btime_ns=creation_override(op))
 
 
 def _query_full_ea(eas: list, wanted: bytes, flags: int, out_len: int) -> tuple[int, bytes]:

@@ -10,6 +10,7 @@ from ..fs.dirinfo import DIR_INFO_CLASSES, DirCursor
 from ..fs.paths import stat_btime_at   # statx: CreationTime is the birth time
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
+from .info import dir_is_marked, listing_attributes
 from .notify import handle_change_notify  # noqa: F401  (dispatch.py's table)
 
 QD_REQ = struct.Struct("<HBBI16sHHI")     # 32 bytes
@@ -25,9 +26,12 @@ BAD_PATTERN_CHARS = re.compile("[\x00-\x1f/\\\\:|\ud800-\udfff]")
 def _fill(op, info_class: int, max_len: int, single: bool, pattern: str | None, restart: bool):
     cur = op.dir_cursor
     if cur is None:
+        # Entries' stored attributes (and client-set creation times) are read only in
+        # directories marked as holding some (protocol.info.DIR_MARK_XATTR).
+        attrs_of = listing_attributes if dir_is_marked(op.fd) else None
         cur = op.dir_cursor = DirCursor(op.fd, pattern=pattern or "*",
                                         share=op.tree.share.root, components=op.file.components,
-                                        stat_fn=stat_btime_at)
+                                        attributes_of=attrs_of, stat_fn=stat_btime_at)
     elif pattern is not None and restart:
         cur.set_pattern(pattern)
     elif restart:

@@ -80,9 +80,9 @@ def _time_value(v: int) -> int | None:
 
 async def _set_basic(ctx, op, v) -> None:
     atime, mtime = _time_value(v.last_access_time), _time_value(v.last_write_time)
-    _time_value(v.creation_time)
+    creation = _time_value(v.creation_time)
     _time_value(v.change_time)
-    if v.file_attributes:
+    if v.file_attributes or creation is not None:
         attrs = v.file_attributes
         if attrs & ~A.FILE_ATTRIBUTE_VALID_SET_FLAGS & ~A.FILE_ATTRIBUTE_DIRECTORY & ~A.FILE_ATTRIBUTE_NORMAL:
             raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -93,7 +93,9 @@ async def _set_basic(ctx, op, v) -> None:
             raise SmbError(NtStatus.INVALID_PARAMETER)
         if op.tree.share.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
-        await store_attributes(ctx, op, attrs)
+        # Linux cannot set a birth time: a client's creation time is stored beside the
+        # DOS attributes (protocol.info) and reported from then on.
+        await store_attributes(ctx, op, attrs or None, creation)
     if atime is not None or mtime is not None:
         if op.tree.share.read_only:
             raise SmbError(NtStatus.ACCESS_DENIED)
