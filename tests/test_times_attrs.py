@@ -208,5 +208,15 @@ async def test_hidden_and_system_show_in_listings(srv):
         await c.close(tid, r.file_id)
         assert (await attrs_in_sub())["created_hidden.txt"] == HIDDEN | ARCHIVE
         await c.close(tid, d.file_id)
+        # Moved into a directory that held nothing stored, it is still listed HIDDEN.
+        await c.create(tid, "other", disposition=Disposition.CREATE,
+                       options=wire.CreateOptions.DIRECTORY_FILE,
+                       desired_access=Access.FILE_READ_ATTRIBUTES)
+        r = await c.create(tid, "sub\\hidden.txt", disposition=Disposition.OPEN,
+                           desired_access=Access.DELETE | Access.FILE_READ_ATTRIBUTES)
+        await c.rename(tid, r.file_id, "other\\moved.txt")
+        await c.close(tid, r.file_id)
+        moved = {e.name: e.file_attributes for e in await c.list_directory(tid, "other")}
+        assert moved["moved.txt"] == HIDDEN | SYSTEM
     finally:
         await c.disconnect()

@@ -10,7 +10,7 @@ from ..fs.info import FileInfoClass as FIC
 from ..fs.timeconv import filetime_to_unix_ns
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
-from .info import _SET_NEEDS, _fd_path, meta_fd, store_attributes
+from .info import _SET_NEEDS, _fd_path, _mark_parent, _significant, meta_fd, store_attributes
 
 
 async def set_file_info(req, op, klass: int, buf: bytes) -> None:
@@ -208,6 +208,9 @@ async def _rename(req, op, v) -> None:
     caching.dir_changed(ctx, share, tuple(old), req.conn.client_guid)
     if tuple(old[:-1]) != new_comps[:-1]:
         caching.dir_changed(ctx, share, new_comps, req.conn.client_guid)
+        if fs.attributes is not None and _significant(fs.attributes, fs.is_dir):
+            # Its stored attributes moved with it: the new directory's listings read them.
+            await ctx.run_io(_mark_parent, root, new_comps)
     fs.components = new_comps
     for o in fs.opens:
         o.components = new_comps
