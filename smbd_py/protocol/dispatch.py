@@ -2,13 +2,7 @@
 from __future__ import annotations
 
 from ..wire.header import Command
-from ..wire.status import NtStatus, SmbError
-from . import create, info, io, ioctl, lock, negotiate, querydir, session, tree
-
-
-async def handle_oplock_break(req) -> bytes:
-    from .oplock_break import handle_oplock_break as h
-    return await h(req)
+from . import create, info, io, ioctl, lock, negotiate, notify, oplock_break, querydir, session, tree
 
 
 HANDLERS = {
@@ -26,8 +20,8 @@ HANDLERS = {
     Command.IOCTL: ioctl.handle_ioctl,
     Command.ECHO: tree.handle_echo,
     Command.QUERY_DIRECTORY: querydir.handle_query_directory,
-    Command.CHANGE_NOTIFY: querydir.handle_change_notify,
+    Command.CHANGE_NOTIFY: notify.handle_change_notify,
     Command.QUERY_INFO: info.handle_query_info,
     Command.SET_INFO: info.handle_set_info,
-    Command.OPLOCK_BREAK: handle_oplock_break,
+    Command.OPLOCK_BREAK: oplock_break.handle_oplock_break,
 }

@@ -11,7 +11,6 @@ from ..fs.paths import stat_btime_at   # statx: CreationTime is the birth time
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
 from .info import dir_is_marked, listing_attributes
-from .notify import handle_change_notify  # noqa: F401  (dispatch.py's table)
 
 QD_REQ = struct.Struct("<HBBI16sHHI")     # 32 bytes
 QD_RESP = struct.Struct("<HHI")
