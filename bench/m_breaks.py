@@ -16,23 +16,16 @@ import os
 import time
 
 from tests.smb2client import LeaseRequest, Oplock, Smb2Client, new_lease_key
+from tests.peers.coherence import session
 from tests.smb2client.wire import RWH
 
 from .model import Cell, na
 from .targets import Target
 
-DIALECT_311 = 0x0311
 
 
 async def connect(t: Target, timeout: float = 30.0) -> tuple[Smb2Client, int]:
-    c = await Smb2Client.connect(t.host, t.port, dialect=DIALECT_311, timeout=timeout)
-    try:
-        await c.login(t.user, t.password)
-        tid = await c.tree_connect(t.share)
-    except BaseException:
-        await c.disconnect()
-        raise
-    return c, tid
+    return await session(t, timeout=timeout)
 
 
 async def open_granted(c: Smb2Client, tid: int, name: str, grant: str):

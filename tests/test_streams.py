@@ -36,8 +36,9 @@ if str(_REPO) not in sys.path:
 
 from tests.conftest import require_tool  # noqa: E402
 from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import Access, Dialect, Disposition, Oplock, OplockBreak, Smb2Client  # noqa: E402
+from tests.smb2client import Access, Disposition, Oplock, OplockBreak  # noqa: E402
 from tests.smb2client import wire  # noqa: E402
+from tests.peers.coherence import session  # noqa: E402
 
 PORT = 15560
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
@@ -56,13 +57,6 @@ XATTR = "user.smbd_py.streams"
 def srv(tmp_path_factory):
     with checked_server(tmp_path_factory, "streams", port=PORT) as s:
         yield s
-
-
-async def session(s):
-    c = await Smb2Client.connect(s.host, s.port, dialect=Dialect.SMB311, timeout=20)
-    await c.login(s.user, s.password)
-    tid = await c.tree_connect(s.share)
-    return c, tid
 
 
 def parse_streams(buf: bytes) -> list[tuple[str, int]]:

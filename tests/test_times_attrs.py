@@ -30,8 +30,9 @@ from smbd_py.fs.info import unix_ns_to_filetime  # noqa: E402
 from smbd_py.fs.paths import STATX_AVAILABLE, statx_at  # noqa: E402
 from tests.conftest import require_tool  # noqa: E402
 from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import Access, Command, Dialect, Disposition, Smb2Client  # noqa: E402
+from tests.smb2client import Access, Command, Disposition  # noqa: E402
 from tests.smb2client import wire  # noqa: E402
+from tests.peers.coherence import session  # noqa: E402
 
 PORT = 15610
 HIDDEN, SYSTEM, ARCHIVE = 0x2, 0x4, 0x20
@@ -45,13 +46,6 @@ SET_CREATION = unix_ns_to_filetime(981173106 * 1_000_000_000)
 def srv(tmp_path_factory):
     with checked_server(tmp_path_factory, "times", port=PORT) as s:
         yield s
-
-
-async def session(s):
-    c = await Smb2Client.connect(s.host, s.port, dialect=Dialect.SMB311, timeout=20)
-    await c.login(s.user, s.password)
-    tid = await c.tree_connect(s.share)
-    return c, tid
 
 
 def birth_filetime(path: str) -> int:
