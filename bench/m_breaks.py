@@ -23,7 +23,6 @@ from .model import Cell, na
 from .targets import Target
 
 
-
 async def connect(t: Target, timeout: float = 30.0) -> tuple[Smb2Client, int]:
     return await session(t, timeout=timeout)
 
