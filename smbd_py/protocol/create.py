@@ -9,7 +9,6 @@ import logging
 import os
 import stat as stat_mod
 import struct
-import weakref
 
 from ..fs import info as fsinfo
 from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
@@ -109,7 +108,7 @@ def _parse(req) -> CreateRequest:
     c.contexts = parse_contexts(raw, ctx_off, ctx_len)
     c.durable = None
     c.app_instance_id = b""
-    if durable.is_reconnect(c.contexts):
+    if c.contexts and durable.is_reconnect(c.contexts):
         # A durable reconnect ignores every other field (MS-SMB2 3.3.5.9.7; smbtorture
         # smb2.durable-open.reopen2 sends garbage in them): protocol.durable checks it.
         return c
@@ -367,14 +366,13 @@ class _StreamOpens:
         self.due: dict[int, object] = {}
 
 
-# Per ServerContext (several run in one process under smbd_py.testing).
-_stream_tables: "weakref.WeakKeyDictionary[object, _StreamOpens]" = weakref.WeakKeyDictionary()
-
-
+# Per ServerContext (several run in one process under smbd_py.testing), kept on the
+# context itself like protocol.caching's state: every CREATE and CLOSE looks for it, and
+# a missing attribute answers faster than a WeakKeyDictionary lookup (a weakref a call).
 def _streams_table(ctx) -> _StreamOpens:
-    t = _stream_tables.get(ctx)
+    t = getattr(ctx, "_stream_opens", None)
     if t is None:
-        t = _stream_tables[ctx] = _StreamOpens()
+        t = ctx._stream_opens = _StreamOpens()
     return t
 
 
@@ -383,7 +381,7 @@ def _stream_delete_conflict(ctx, key, access: int) -> bool:
     does not share delete (MS-FSA 2.1.5.1.2; smbtorture smb2.streams.delete)."""
     if not access & A.DELETE:
         return False
-    t = _stream_tables.get(ctx)
+    t = getattr(ctx, "_stream_opens", None)
     if t is None:
         return False
     return any(not o.share_access & A.FILE_SHARE_DELETE for o in t.by_base.get(key, ()))
@@ -436,29 +434,32 @@ async def handle_create(req) -> bytes:
     ctx = req.conn.server
     if tree.share.is_ipc:
         return await _create_pipe(req, c)
-    c.durable = durable.parse(c.contexts, req.conn.dialect)
-    if c.durable is not None:
-        if c.durable.reconnect:
-            return await durable.reconnect(req, c, c.durable)
-        replayed = durable.find_replay(req, c.durable)
-        if replayed is not None:
-            return await durable.replay_response(req, replayed)
-    if durable.APP_INSTANCE_ID in c.contexts:
-        c.app_instance_id = await durable.close_app_instance(req, c)
+    contexts = c.contexts
+    if contexts:       # the context checks cost nothing when the CREATE carries none
+        c.durable = durable.parse(contexts, req.conn.dialect)
+        if c.durable is not None:
+            if c.durable.reconnect:
+                return await durable.reconnect(req, c, c.durable)
+            replayed = durable.find_replay(req, c.durable)
+            if replayed is not None:
+                return await durable.replay_response(req, replayed)
+        if durable.APP_INSTANCE_ID in contexts:
+            c.app_instance_id = await durable.close_app_instance(req, c)
     root = tree.share.root
     comps, stream = root.split_stream(c.name)
     want_dir = bool(c.options & A.FILE_DIRECTORY_FILE)
-    if b"ExtA" in c.contexts:
-        # Validate the EA list before touching the file system (MS-SMB2 3.3.5.9).
-        parse_full_ea_list(c.contexts[b"ExtA"])
-    if b"AlSi" in c.contexts and len(c.contexts[b"AlSi"]) != 8:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    if b"TWrp" in c.contexts:
-        if len(c.contexts[b"TWrp"]) != 8:
+    if contexts:
+        if b"ExtA" in contexts:
+            # Validate the EA list before touching the file system (MS-SMB2 3.3.5.9).
+            parse_full_ea_list(contexts[b"ExtA"])
+        if b"AlSi" in contexts and len(contexts[b"AlSi"]) != 8:
             raise SmbError(NtStatus.INVALID_PARAMETER)
-        # A previous version of the file: we keep none (FSCTL_SRV_ENUMERATE_SNAPSHOTS
-        # lists no snapshots), so there is no such object.
-        raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no previous versions")
+        if b"TWrp" in contexts:
+            if len(contexts[b"TWrp"]) != 8:
+                raise SmbError(NtStatus.INVALID_PARAMETER)
+            # A previous version of the file: we keep none (FSCTL_SRV_ENUMERATE_SNAPSHOTS
+            # lists no snapshots), so there is no such object.
+            raise SmbError(NtStatus.OBJECT_NAME_NOT_FOUND, "no previous versions")
     # The id this CREATE has in the oplock table, kept across attempts: after waiting for
     # a break the open is re-run as the same waiter (protocol.caching).
     c.cache_id = caching.new_cache_id()
@@ -483,6 +484,11 @@ async def handle_create(req) -> bytes:
         if result is not None:
             return result
     raise SmbError(NtStatus.INTERNAL_ERROR)
+
+
+# CreateAction of an open of an existing file, by disposition (FILE_OPENED otherwise).
+_ACTION_OF = {A.FILE_SUPERSEDE: A.FILE_SUPERSEDED, A.FILE_OVERWRITE: A.FILE_OVERWRITTEN,
+              A.FILE_OVERWRITE_IF: A.FILE_OVERWRITTEN}
 
 
 async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
@@ -595,8 +601,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
             caching.release(ctx, c.cache_id)
             return None          # replaced between stat and open: look again
         st = st2
-        action = {A.FILE_SUPERSEDE: A.FILE_SUPERSEDED, A.FILE_OVERWRITE: A.FILE_OVERWRITTEN,
-                  A.FILE_OVERWRITE_IF: A.FILE_OVERWRITTEN}.get(disp, A.FILE_OPENED)
+        action = _ACTION_OF.get(disp, A.FILE_OPENED)
     # Register the open before anything else can run on the loop.
     key = (st.st_dev, st.st_ino)
     fs = ctx.file_state(key, comps, is_dir, share)
@@ -675,8 +680,9 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         # break the grant just made (smbtorture smb2.durable-open.alloc-size).
         caching.data_changed(ctx, op)
         st = await ctx.run_io(_preallocate, op.fd, struct.unpack("<Q", c.contexts[b"AlSi"])[0])
+    contexts = c.contexts
     resp_ctx = []
-    if b"MxAc" in c.contexts:
+    if b"MxAc" in contexts:
         maximal = req.tree.maximal_access
         if not is_dir and not st.st_mode & stat_mod.S_IWUSR:
             maximal &= ~(A.FILE_WRITE_DATA | A.FILE_APPEND_DATA)
@@ -684,11 +690,13 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
     if sx is not None:
         # Times, ids and attributes are the base file's; sizes are the stream's.
         st = await ctx.run_io(_stream_view, op)
-    if b"QFid" in c.contexts:
-        resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
-    resp_ctx += lease_response_context(grant)
     op.request_name = c.name
-    resp_ctx += durable.granted(req, c, op, grant)
+    if contexts:
+        # Without contexts there is no lease, no durable ask and no AppInstanceId.
+        if b"QFid" in contexts:
+            resp_ctx.append((b"QFid", struct.pack("<QQ16s", st.st_ino, st.st_dev, b"")))
+        resp_ctx += lease_response_context(grant)
+        resp_ctx += durable.granted(req, c, op, grant)
     return _create_response(op, st, action, op.oplock_level, resp_ctx)
 
 
@@ -807,7 +815,7 @@ def _detach(ctx, op: Open) -> tuple[bool, object]:
         os.close(op.base_fd)            # O_PATH: nothing to flush, never blocks
         op.base_fd = -1
     delete = fs is not None and fs.delete_pending and not fs.opens
-    t = _stream_tables.get(ctx)
+    t = getattr(ctx, "_stream_opens", None)
     if t is not None:
         delete = _detach_streams(ctx, t, op, fs, delete)
     return delete, fs
@@ -844,7 +852,7 @@ def _detach_streams(ctx, t: _StreamOpens, op: Open, fs, delete: bool) -> bool:
 
 def _take_due_base(ctx, op: Open):
     """The base file whose deferred delete op's close made due, or None."""
-    t = _stream_tables.get(ctx)
+    t = getattr(ctx, "_stream_opens", None)
     return t.due.pop(op.volatile_id, None) if t is not None and t.due else None
 
 
