@@ -80,6 +80,12 @@ class Caching:
 
     # ---- actions ------------------------------------------------------------------------
     def run(self, actions) -> None:
+        if not actions:
+            # An open or close that changed nothing (the common case): no bookkeeping,
+            # and the timer only when a break is pending (see below).
+            if self._timer is not None:
+                self._arm_timer()
+            return
         changed: dict = {}
         doomed: list = []      # disconnected durable opens a break cannot reach
         for a in actions:
