@@ -163,6 +163,26 @@ def _log(peer) -> str:
 
 # --- 1. a local reader waits for the client's write-back and ack -----------------------
 
+async def local_reader_breaks(c, tid: int, name: str, kind: str, path: str):
+    """Open `name` asking for full caching of `kind`, start a local reader of `path` and
+    wait for the break it causes: (create response, lease key, reader, break level).
+    Fails (the reader stopped) if the local open went ahead without breaking the client."""
+    r1, key = await open_caching(c, tid, name, kind)
+    reader = await LocalProc.reader(path)
+    try:
+        try:
+            brk = await c.next_break(BREAK_WAIT_S)
+        except asyncio.TimeoutError:
+            res = await reader.result(LOCAL_WAIT_S)
+            raise AssertionError(
+                f"a local open did not break the client's {kind} caching; the local "
+                f"reader went ahead and read {res['data']!r}") from None
+        return r1, key, reader, check_write_break(brk, kind, r1.file_id, key)
+    except BaseException:
+        await reader.aclose()
+        raise
+
+
 async def local_open_waits_for_ack(peer, kind: str):
     name = f"held-{kind}.txt"
     old = b"old contents\n"
@@ -172,16 +192,7 @@ async def local_open_waits_for_ack(peer, kind: str):
     reader = None
     async with c1:
         try:
-            r1, key = await open_caching(c1, t1, name, kind)
-            reader = await LocalProc.reader(path)
-            try:
-                brk = await c1.next_break(BREAK_WAIT_S)
-            except asyncio.TimeoutError:
-                res = await reader.result(LOCAL_WAIT_S)
-                raise AssertionError(
-                    f"a local open did not break the client's {kind} caching; the local "
-                    f"reader went ahead and read {res['data']!r}") from None
-            level = check_write_break(brk, kind, r1.file_id, key)
+            r1, key, reader, level = await local_reader_breaks(c1, t1, name, kind, path)
             await asyncio.sleep(0.3)
             assert reader.running, \
                 f"the local open returned before the client acked: {await reader.result(5)}"
@@ -322,15 +333,7 @@ async def never_acking_client(peer, kind: str, smb_timeout: float):
     reader = None
     async with c1:
         try:
-            r1, key = await open_caching(c1, t1, name, kind)
-            reader = await LocalProc.reader(path)
-            try:
-                brk = await c1.next_break(BREAK_WAIT_S)
-            except asyncio.TimeoutError:
-                res = await reader.result(LOCAL_WAIT_S)
-                raise AssertionError(f"a local open did not break {kind} caching "
-                                     f"(reader: {res})") from None
-            check_write_break(brk, kind, r1.file_id, key)
+            r1, key, reader, _ = await local_reader_breaks(c1, t1, name, kind, path)
             res = await reader.result(LOCAL_WAIT_S)  # no ack, ever
             blocked = res["t_open"] - res["t_start"]
             print(f"\n{kind}: unacknowledged break; local open blocked {blocked:.2f} s "
