@@ -37,7 +37,7 @@ if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from smbd_py.security.users import UserDb  # noqa: E402
-from tests.peers.local_io import LocalProc  # noqa: E402
+from tests.peers.local_io import LocalProc, local_file  # noqa: E402
 from tests.peers.smbd_py_server import PASSWORD, USER, checked_server  # noqa: E402
 from tests.smb2client import (RWH, Dialect, Disposition, LeaseRequest, LockFlags,  # noqa: E402
                               Oplock, Smb2Client, new_lease_key)
@@ -79,17 +79,6 @@ async def session(s, *, client_guid: bytes | None = None, user: str | None = Non
     await c.login(user or s.user, password or s.password)
     tid = await c.tree_connect(s.share)
     return c, tid
-
-
-def local_file(s, name: str, data: bytes) -> str:
-    """A file in the share owned like the share (the server may lease it)."""
-    path = os.path.join(s.share_path, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    st = os.stat(s.share_path)
-    os.chown(path, st.st_uid, st.st_gid)
-    os.chmod(path, 0o666)
-    return path
 
 
 def kernel_leases_on(path: str) -> list[str]:

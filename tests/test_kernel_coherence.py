@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers.coherence import ack, check_write_break, open_caching, session
-from tests.peers.local_io import LeaseHolder, LocalProc
+from tests.peers.local_io import LeaseHolder, LocalProc, local_file
 from tests.peers.samba import samba_server
 from tests.peers.smbd_py_server import checked_server, smbd_py_server
 from tests.smb2client import (Access, Disposition, LeaseBreak, Oplock, OplockBreak,
@@ -134,18 +134,6 @@ def two_sambas():
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-def local_file(peer, name: str, data: bytes) -> str:
-    """Create `name` in the share with `data`, owned like the share's top directory (a
-    server running as that user may take kernel leases on it without CAP_LEASE)."""
-    path = os.path.join(peer.share_path, name)
-    with open(path, "wb") as f:
-        f.write(data)
-    st = os.stat(peer.share_path)
-    os.chown(path, st.st_uid, st.st_gid)
-    os.chmod(path, 0o666)
-    return path
-
 
 async def echo_latencies(c: Smb2Client, n: int = 5) -> list[float]:
     out = []

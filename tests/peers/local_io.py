@@ -26,6 +26,18 @@ import sys
 
 from tests.peers.procs import fresh_signals
 
+
+def local_file(peer, name: str, data: bytes) -> str:
+    """Create `name` in the peer's share with `data`, owned like the share's top directory
+    (a server running as that user may take kernel leases on it without CAP_LEASE)."""
+    path = os.path.join(peer.share_path, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    st = os.stat(peer.share_path)
+    os.chown(path, st.st_uid, st.st_gid)
+    os.chmod(path, 0o666)
+    return path
+
 _READER = r"""
 import json, sys, time
 path = sys.argv[1]
