@@ -218,6 +218,13 @@ def test_start_refuses_when_a_thread_does_not_block_the_signals():
     finally:
         stop.set()
         t.join(5)
+        # join() returns when the Python side is done; the kernel thread (still without
+        # the signals blocked) lingers in /proc a little longer, and the next test's
+        # start() would refuse because of it.
+        gone_by = time.monotonic() + 5
+        while os.path.exists(f"/proc/self/task/{t.native_id}") and time.monotonic() < gone_by:
+            time.sleep(0.001)
+        assert not os.path.exists(f"/proc/self/task/{t.native_id}")
 
 
 # ----------------------------------------------------------------------------- breaks

@@ -107,13 +107,16 @@ def threads_not_blocking(signals) -> list[int]:
 
     A process-directed signal goes to any thread that leaves it unblocked; such a
     thread would take (and for a realtime signal with default disposition: die of)
-    a lease-break signal that signalfd must see. Threads vanishing mid-scan are skipped.
+    a lease-break signal that signalfd must see. Threads vanishing mid-scan are skipped,
+    and so are exiting ones (zombie or dead): the kernel delivers no signal to them.
     """
     bad = []
     for tid in os.listdir("/proc/self/task"):
         try:
             st = _status_fields(f"/proc/self/task/{tid}/status")
         except (FileNotFoundError, ProcessLookupError):
+            continue
+        if st.get("State", "")[:1] in ("Z", "X"):
             continue
         if not all(_mask_has(st["SigBlk"], s) for s in signals):
             bad.append(int(tid))
