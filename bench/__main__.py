@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,7 +15,7 @@ import tempfile
 import time
 import traceback
 
-from . import m_breaks, m_scale, m_smbclient, m_torture, profile
+from . import m_breaks, m_scale, m_smbclient, m_torture, placement, profile
 from .machine import describe
 from .model import Cell, Spec, error
 from .report import markdown, table
@@ -208,14 +209,17 @@ class Runner:
             if not self._wanted(spec_id):
                 continue
             self.log(f"== {spec_id}")
-            for rep in range(s.reps):
-                for name in self._order(rep):
-                    t = self.targets[name]
-                    c = self._guard(lambda: m_torture.open_close(
-                        t, path=OPEN_CLOSE_FILE, nprocs=nprocs, seconds=s.torture_seconds,
-                        timeout=s.step_timeout), spec_id)
-                    self._add(spec_id, name, c)
-                    self.log(f"   {name}: {c.samples or c.errors}")
+            # One connection is a round trip at a time: pinned (bench/placement.py).
+            # Sixteen clients on one CPU would measure that CPU, so they are not.
+            with self._placed(nprocs == 1):
+                for rep in range(s.reps):
+                    for name in self._order(rep):
+                        t = self.targets[name]
+                        c = self._guard(lambda: m_torture.open_close(
+                            t, path=OPEN_CLOSE_FILE, nprocs=nprocs,
+                            seconds=s.torture_seconds, timeout=s.step_timeout), spec_id)
+                        self._add(spec_id, name, c)
+                        self.log(f"   {name}: {c.samples or c.errors}")
         if self._wanted("listing"):
             self.log("== listing")
             for rep in range(s.reps):
@@ -234,17 +238,24 @@ class Runner:
             if not self._wanted(spec_id):
                 continue
             self.log(f"== {spec_id}")
-            for rep in range(s.reps):
-                for name in self._order(rep):
-                    if self._na(spec_id, name):
-                        continue
-                    t = self.targets[name]
-                    c = self._guard(lambda: self._async(lambda: fn(
-                        t, grant=grant, name=f"{what}_{grant}_{name}.dat",
-                        iterations=s.break_iterations), s.step_timeout), spec_id)
-                    c.samples = [x * 1e3 for x in c.samples]
-                    self._add(spec_id, name, c)
-                    self.log(f"   {name}: {c.na or _short(c)}")
+            with self._placed(True):
+                for rep in range(s.reps):
+                    for name in self._order(rep):
+                        if self._na(spec_id, name):
+                            continue
+                        t = self.targets[name]
+                        c = self._guard(lambda: self._async(lambda: fn(
+                            t, grant=grant, name=f"{what}_{grant}_{name}.dat",
+                            iterations=s.break_iterations), s.step_timeout), spec_id)
+                        c.samples = [x * 1e3 for x in c.samples]
+                        self._add(spec_id, name, c)
+                        self.log(f"   {name}: {c.na or _short(c)}")
+
+    def _placed(self, pin: bool):
+        """Servers and clients on CPUs of their own (bench/placement.py) when pin."""
+        if not pin:
+            return contextlib.nullcontext()
+        return placement.pinned([p for t in self.targets.values() for p in t.pids()])
 
     def profiles(self, scratch: str) -> dict[str, str]:
         """py-spy excerpts of smbd_py for read, write and open+close (extra, untimed runs)."""
@@ -301,6 +312,10 @@ STANDING_NOTES = [
     "- Read/write rates are smbclient's own figure (open to close of the remote file), "
     "in MiB/s; the file is in the page cache for every server.",
     "- Listing time is the wall time of one smbclient process (connect, login and ls).",
+    "- Open+close with one connection and the break latencies are round trips: they run "
+    "with the servers pinned to one CPU and the clients to another (see Settings: "
+    "placement), as a client on another machine would be. Left to the scheduler, a "
+    "server that happened to share the client's CPU ran ~1.5-2x faster (bench/placement.py).",
     "- Samba with kernel oplocks = yes grants batch oplocks but no leases; with kernel "
     "oplocks = no it grants leases but takes no kernel lease, so a local open never "
     "blocks and the client is never told (marked 'no break'; no ratio is computed).",
@@ -372,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t_start
 
     settings = dataclasses.asdict(s)
+    settings["placement"] = placement.describe()
     settings["measurements"] = ",".join(sp.id for sp in specs if only is None or sp.id in only)
     notes = list(STANDING_NOTES)
     md = markdown(title=f"smbd_py vs Samba, {s.mode} run {stamp}", machine=describe(REPO),
