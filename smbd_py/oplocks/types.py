@@ -138,8 +138,12 @@ class OpenRequest:
 
 
 # ---------------------------------------------------------------- actions
+# Actions and results are made on every table call (a kernel break, its ack, each
+# CREATE): plain slots dataclasses, read-only by convention and hashable by value. A
+# frozen dataclass sets each field through object.__setattr__, ~1 us per object on the
+# path from a client's ack to the kernel lease release.
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendOplockBreak:
     """Send an OPLOCK_BREAK notification for one open (FileId) to its connection."""
     owner_id: Hashable
@@ -149,7 +153,7 @@ class SendOplockBreak:
     ack_required: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SendLeaseBreak:
     """Send one lease break notification on owner_id (any of owner_ids will do)."""
     owner_id: Hashable
@@ -167,14 +171,14 @@ class SendLeaseBreak:
         return BREAK_FLAG_ACK_REQUIRED if self.ack_required else 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Resume:
     """A waiting operation (open, rename, ...) may be re-run now."""
     waiter_id: Hashable
     file_key: Hashable
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CachingChanged:
     """The union of SMB caching granted on file_key changed (kernel adapter hook)."""
     file_key: Hashable
@@ -182,7 +186,7 @@ class CachingChanged:
     new_state: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KernelBreakDone:
     """Every SMB holder of file_key is down to `target` (acked, closed or timed out):
     the caller may now downgrade (target R) or release (target NONE) the kernel lease."""
@@ -207,7 +211,7 @@ class Grant:
     parent_lease_key: Optional[bytes] = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class OpenResult:
     """status SUCCESS: grant is set and the open is registered.
     status PENDING: the open waits; re-run it (first_attempt=False) on Resume(open_id).
@@ -217,14 +221,14 @@ class OpenResult:
     actions: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class OpResult:
     """For rename/unlink/delete-on-close: must_wait => wait for Resume(waiter_id), re-run."""
     must_wait: bool
     actions: tuple = ()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AckResult:
     """Answer to an OPLOCK_BREAK acknowledgment. level is the oplock level (oplock ack)
     or the lease state (lease ack) to put in the response when status is SUCCESS."""
