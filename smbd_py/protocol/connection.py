@@ -270,12 +270,17 @@ class Connection:
             if not hdr.next_command:
                 break
             offset = end
-        if responses:
-            self._send_responses(responses)
-            # Each request refers to this list (chain_responses) and the list to the
-            # requests: clearing it breaks the cycle, so the frame's memory (a WRITE's
-            # reusable buffer, see bufpool) is released now rather than at the next GC.
-            responses.clear()
+        try:
+            if responses:
+                self._send_responses(responses)
+                # Each request refers to this list (chain_responses) and the list to the
+                # requests: clearing it breaks the cycle, so the frame's memory (a WRITE's
+                # reusable buffer, see bufpool) is released now rather than at the next GC.
+                responses.clear()
+        finally:
+            # Only a request alone in its frame leaves work for after its response.
+            if req.after_send is not None:
+                req.after_send()
 
     # ---- one request ------------------------------------------------------------------
     async def _process(self, req: Request, prev: Request | None, first: bool) -> bytes | None:

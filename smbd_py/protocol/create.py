@@ -786,13 +786,39 @@ async def handle_close(req) -> bytes:
             st = fstat_btime(op.fd)
         except OSError:
             st = None
-    await close_open(ctx, op)
+    if not req.in_compound and _closes_without_io(op):
+        # Nothing left can fail or wait, and nothing else runs on the loop before it is
+        # done: the reply goes out first and the client's next request is on its way
+        # meanwhile (a compound's later requests must see the close, so not there).
+        req.after_send = lambda: _close_no_io(ctx, op)
+    else:
+        await close_open(ctx, op)
     if st is None:
-        return CLOSE_RESP.pack(60, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return _CLOSE_RESP_PLAIN
     from .info import attributes_of, creation_override
     ct, at, wt, cht = fsinfo.file_times(st, creation_override(op))
     return CLOSE_RESP.pack(60, CLOSE_FLAG_POSTQUERY_ATTRIB, 0, ct, at, wt, cht,
                            fsinfo.allocation_size(st), fsinfo.end_of_file(st), attributes_of(op, st))
+
+
+_CLOSE_RESP_PLAIN = CLOSE_RESP.pack(60, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _closes_without_io(op: Open) -> bool:
+    """close_open of op would run no I/O-pool job and await nothing: no delete, no
+    named stream, an fd whose close(2) cannot block (O_PATH or a directory)."""
+    fs = op.file
+    return (op.fd >= 0 and (op.fd_is_path or op.is_dir) and op.pipe is None
+            and not op.delete_on_close and (fs is None or not fs.delete_pending)
+            and op.stream is None and op.base_fd < 0)
+
+
+def _close_no_io(ctx, op: Open) -> None:
+    """close_open for an open _closes_without_io accepted (it stays so: nothing ran in
+    between). A stream-less open deletes nothing, so _detach says so too."""
+    _detach(ctx, op)
+    fd, op.fd = op.fd, -1
+    os.close(fd)
 
 
 def _detach(ctx, op: Open) -> tuple[bool, object]:

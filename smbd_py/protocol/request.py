@@ -13,7 +13,7 @@ class Request:
                  "interim_sent", "cancel_future", "was_signed", "credits_granted",
                  "in_compound", "related", "out_file_id", "error_data", "send_immediately",
                  "unsigned_response", "disconnect_after", "task", "prev_status", "encrypted_by",
-                 "last_in_chain", "chain_responses")
+                 "last_in_chain", "chain_responses", "after_send")
 
     def __init__(self, conn: Any, hdr: Header, body: memoryview, raw: memoryview) -> None:
         self.conn = conn
@@ -42,6 +42,9 @@ class Request:
         self.last_in_chain = True  # NextCommand == 0 (set by the connection)
         # Responses of earlier requests of the same compound not sent yet (a shared list).
         self.chain_responses: list | None = None
+        # Work the handler left for after its response is written (a plain CLOSE's
+        # bookkeeping): it runs before the loop takes anything else.
+        self.after_send: Any = None
 
     async def go_async(self) -> None:
         """Send the interim STATUS_PENDING response now (MS-SMB2 3.3.4.2); the final response
