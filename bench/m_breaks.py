@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 
 from tests.smb2client import LeaseRequest, Oplock, Smb2Client, new_lease_key
@@ -73,21 +75,67 @@ async def _settle_acks(c: Smb2Client, before: int, broke: bool, limit: float = 2
         await asyncio.sleep(0.001)
 
 
-def _timed_local_open(path: str) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_RDWR)
-    dt = time.perf_counter() - t0
-    return dt, fd
+# The local program: its own process, as the measurement says, so that its open(2)
+# returning never waits for the client's GIL (a thread of this process did: when the
+# server's ack response woke the client first, the open's return waited for the
+# client's Python to finish with it). One line per command on stdin:
+# "open PATH" -> "<seconds the open blocked>", "close" -> "closed".
+_LOCAL_OPENER = """
+import os, sys, time
+fd = -1
+for line in sys.stdin:
+    cmd, _, arg = line.rstrip("\\n").partition(" ")
+    if cmd == "open":
+        t0 = time.perf_counter()
+        fd = os.open(arg, os.O_RDWR)
+        print(time.perf_counter() - t0, flush=True)
+    elif cmd == "close":
+        os.close(fd)
+        fd = -1
+        print("closed", flush=True)
+"""
+
+
+class LocalOpener:
+    """A separate process that opens a file O_RDWR on request and times the open."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", _LOCAL_OPENER], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _ask(self, line: str) -> str:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline()
+        if not out:
+            raise RuntimeError(f"local opener died (rc={self.proc.poll()})")
+        return out.strip()
+
+    async def open(self, path: str) -> float:
+        # In a thread: the event loop must keep running to answer the break.
+        return float(await asyncio.get_running_loop().run_in_executor(
+            None, self._ask, f"open {path}"))
+
+    def close_file(self) -> None:
+        self._ask("close")
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 async def local_open_break(t: Target, *, grant: str, name: str, iterations: int) -> Cell:
     """Seconds a local O_RDWR open blocks while a client holds `grant` on `name`."""
     path = os.path.join(t.share_path, name)
-    loop = asyncio.get_running_loop()
     c, tid = await connect(t)
     c.auto_ack = True
     cell = Cell()
     broke_n = 0
+    opener = LocalOpener()
     try:
         for _ in range(iterations):
             r, ok, what = await open_granted(c, tid, name, grant)
@@ -96,16 +144,17 @@ async def local_open_break(t: Target, *, grant: str, name: str, iterations: int)
                 return na(f"not granted (asked {grant_label(grant)}, got {what})")
             _drain(c)
             acks_before = len(c.auto_acks)
-            dt, fd = await loop.run_in_executor(None, _timed_local_open, path)
+            dt = await opener.open(path)
             try:
                 broke = _drain(c) > 0
                 await _settle_acks(c, acks_before, broke)
             finally:
-                os.close(fd)
+                opener.close_file()
             broke_n += broke
             cell.samples.append(dt)
             await c.close(tid, r.file_id)
     finally:
+        opener.stop()
         await c.disconnect()
     if broke_n == 0:
         cell.comparable = False
