@@ -29,11 +29,9 @@ from pathlib import Path
 import pytest
 
 _REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
 
-from tests.peers import cifs_vm  # noqa: E402
-from tests.peers.smbd_py_server import PASSWORD, USER, write_users  # noqa: E402
+from tests.peers import cifs_vm
+from tests.peers.smbd_py_server import PASSWORD, USER, write_users
 
 # This test's port range is 14700-14799 (inside its own netns).
 PORTS = {"3.1.1": 14701, "2.1": 14702}
@@ -319,7 +317,6 @@ def test_kernel_cifs_sees_local_write_after_break(ns, image, tmp_path, vers):
         assert "internal error" not in srv.log_text(), srv.log_tail()
     finally:
         ns.stop(srv.proc)
-
 
 
 # Acceptance 7, first half: the guest's write lives only in its page cache (one

@@ -19,11 +19,7 @@ from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.peers import cifs_vm  # noqa: E402
+from tests.peers import cifs_vm
 
 SAMBA_PORT = 14745  # this helper's range is 14700-14799
 

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from smbd_py.security.users import UserDb  # noqa: E402
-from tests.peers.local_io import LocalProc, local_file  # noqa: E402
-from tests.peers.smbd_py_server import PASSWORD, USER, checked_server  # noqa: E402
-from tests.smb2client import (RWH, Dialect, Disposition, LeaseRequest, LockFlags,  # noqa: E402
+from smbd_py.security.users import UserDb
+from tests.peers.local_io import LocalProc, local_file
+from tests.peers.smbd_py_server import PASSWORD, USER, checked_server
+from tests.smb2client import (RWH, Dialect, Disposition, LeaseRequest, LockFlags,
                               Oplock, Smb2Client, new_lease_key)
-from tests.smb2client import wire  # noqa: E402
+from tests.smb2client import wire
 
 PORT = 15520
 OTHER_USER, OTHER_PASSWORD = "bob", "bob-secret-1"

@@ -18,21 +18,15 @@ Ports 15120-15139 (issue 3's range is 15100-15199).
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import (RH, RWH, R, Access, Dialect, Disposition,  # noqa: E402
+from tests.peers.smbd_py_server import checked_server
+from tests.smb2client import (RH, RWH, R, Access, Dialect, Disposition,
                               LeaseBreak, LeaseRequest, Oplock, OplockBreak, Smb2Client,
                               new_lease_key)
-from tests.smb2client import wire  # noqa: E402
+from tests.smb2client import wire
 
 PORT = 15120
 PORT_SHORT_TIMEOUT = 15121

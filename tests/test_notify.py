@@ -25,21 +25,16 @@ import os
 import pty
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.conftest import require_tool  # noqa: E402
-from tests.peers.smbd_py_server import checked_server, smbd_py_server  # noqa: E402
-from tests.smb2client import Access, Dialect, Disposition, Smb2Client  # noqa: E402
-from tests.smb2client import wire  # noqa: E402
-from tests.smb2client.wire import NotifyAction as A, NotifyFilter as F  # noqa: E402
+from tests.conftest import require_tool
+from tests.peers.smbd_py_server import checked_server, smbd_py_server
+from tests.smb2client import Access, Dialect, Disposition, Smb2Client
+from tests.smb2client import wire
+from tests.smb2client.wire import NotifyAction as A, NotifyFilter as F
 
 PORT = 15460
 PORT_SECOND = 15461

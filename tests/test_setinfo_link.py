@@ -7,18 +7,13 @@ ReplaceIfExists, atomic replace, an open target, a directory source, confinement
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client  # noqa: E402
-from tests.smb2client import wire  # noqa: E402
+from tests.peers.smbd_py_server import checked_server
+from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client
+from tests.smb2client import wire
 
 PORT = 14720  # this file's range: 14700-14799
 FILE_LINK_INFORMATION = 11

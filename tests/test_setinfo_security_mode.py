@@ -11,20 +11,15 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import sys
 import types
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from smbd_py.fs import secdesc  # noqa: E402
-from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client  # noqa: E402
-from tests.smb2client import wire  # noqa: E402
+from smbd_py.fs import secdesc
+from tests.peers.smbd_py_server import checked_server
+from tests.smb2client import CreateOptions, Dialect, Disposition, Smb2Client
+from tests.smb2client import wire
 
 PORT = 14721  # this file's range: 14700-14799
 OWNER, GROUP = "S-1-22-1-1000", "S-1-22-2-1000"

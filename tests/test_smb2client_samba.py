@@ -13,21 +13,16 @@ import asyncio
 import os
 import shutil
 import struct
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.peers.samba import samba_server  # noqa: E402
-from tests.smb2client import (RH, RWH, Access, Cipher, Command, Dialect,  # noqa: E402
+from tests.peers.samba import samba_server
+from tests.smb2client import (RH, RWH, Access, Cipher, Command, Dialect,
                               Disposition, LeaseBreak, LeaseRequest, LockFlags, Oplock,
                               OplockBreak, Smb2Client, Smb2Error, new_lease_key)
-from tests.smb2client import auth, wire  # noqa: E402
+from tests.smb2client import auth, wire
 
 PORT = 14810  # this client's range is 14800-14899
 USER, PASSWORD = "smb2cli", "Cl1ent-pass"

@@ -25,20 +25,15 @@ import asyncio
 import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from tests.conftest import require_tool  # noqa: E402
-from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import Access, Disposition, Oplock, OplockBreak  # noqa: E402
-from tests.smb2client import wire  # noqa: E402
-from tests.peers.coherence import session  # noqa: E402
+from tests.conftest import require_tool
+from tests.peers.smbd_py_server import checked_server
+from tests.smb2client import Access, Disposition, Oplock, OplockBreak
+from tests.smb2client import wire
+from tests.peers.coherence import session
 
 PORT = 15560
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034

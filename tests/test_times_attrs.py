@@ -17,22 +17,16 @@ import asyncio
 import os
 import struct
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
-
-from smbd_py.fs.info import unix_ns_to_filetime  # noqa: E402
-from smbd_py.fs.paths import STATX_AVAILABLE, statx_at  # noqa: E402
-from tests.conftest import require_tool  # noqa: E402
-from tests.peers.smbd_py_server import checked_server  # noqa: E402
-from tests.smb2client import Access, Command, Disposition  # noqa: E402
-from tests.smb2client import wire  # noqa: E402
-from tests.peers.coherence import session  # noqa: E402
+from smbd_py.fs.info import unix_ns_to_filetime
+from smbd_py.fs.paths import STATX_AVAILABLE, statx_at
+from tests.conftest import require_tool
+from tests.peers.smbd_py_server import checked_server
+from tests.smb2client import Access, Command, Disposition
+from tests.smb2client import wire
+from tests.peers.coherence import session
 
 PORT = 15610
 HIDDEN, SYSTEM, ARCHIVE = 0x2, 0x4, 0x20
