@@ -135,6 +135,21 @@ class LeaseTable:
     # ------------------------------------------------------------ open
 
     def open(self, req: OpenRequest, now: float) -> OpenResult:
+        if req.oplock_level == OPLOCK_NONE and not req.sharing_violation:
+            fs = self._files.get(req.file_key)
+            if fs is None or (not fs.leases and not fs.waiters and fs.kernel_target is None
+                              and all(e.oplock == OPLOCK_NONE for e in fs.opens.values())):
+                # Nothing asked and nobody caches the file: nothing to break or wait
+                # for, nothing to grant, nothing changes for the kernel; the open is only
+                # recorded for later requests to see. The generic path below comes to
+                # the same answer at several times the cost (a plain client's CREATE).
+                op = Open(req.open_id, req.file_key, req.owner_id, req.client_guid,
+                          req.access_mask)
+                if fs is None:
+                    fs = self._files[req.file_key] = FileState()
+                fs.opens[req.open_id] = op
+                self._opens[req.open_id] = op
+                return _OPLOCK_OK[OPLOCK_NONE]
         actions: list[Action] = []
         want_lease = None
         if req.oplock_level == OPLOCK_LEASE and req.lease is not None:
@@ -306,6 +321,14 @@ class LeaseTable:
         if op is None:
             return actions
         self._remove_open(op)
+        fs = self._files[op.file_key]
+        if (op.lease_id is None and op.oplock == OPLOCK_NONE and not fs.waiters
+                and fs.kernel_target is None):
+            # It cached nothing and nobody waits on the file: the union stands and
+            # nothing resumes; only the file goes with its last open.
+            if not fs.opens:
+                del self._files[op.file_key]
+            return actions
         self._post_change(op.file_key, actions)
         return actions
 
