@@ -51,6 +51,7 @@ def is_reserved_name(name: str) -> bool:
 # Kernel interfaces through ctypes (x86_64 and every arch using the unified table:
 # openat2 is 437 everywhere).
 _SYS_openat2 = 437
+_SYS_openat2_arg = ctypes.c_long(_SYS_openat2)
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
@@ -68,6 +69,10 @@ class _OpenHow(ctypes.Structure):
 
 
 _OPEN_HOW_SIZE = ctypes.sizeof(_OpenHow)
+# ShareRoot.open_cached runs on every CREATE: its constant arguments are built once
+# (byref keeps its open_how alive).
+_CACHED_HOW: dict = {}
+_OPEN_HOW_SIZE_ARG = ctypes.c_size_t(_OPEN_HOW_SIZE)
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS
 
 try:
@@ -670,10 +675,13 @@ class ShareRoot:
         to O_NONBLOCK, or O_CREAT/O_TRUNC, which RESOLVE_CACHED refuses). Never raises."""
         if not RESOLVE_CACHED_AVAILABLE or not self.use_openat2 or self._closed or not self.local_fs:
             return -1
-        how = _OpenHow(flags | _O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED)
+        how = _CACHED_HOW.get(flags)
+        if how is None:
+            how = _CACHED_HOW[flags] = ctypes.byref(
+                _OpenHow(flags | _O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED))
         path = "/".join(components) if components else "."
-        fd = _syscall(_SYS_openat2, ctypes.c_int(self.fd), os.fsencode(path),
-                      ctypes.byref(how), ctypes.c_size_t(_OPEN_HOW_SIZE))
+        fd = _syscall(_SYS_openat2_arg, ctypes.c_int(self.fd), os.fsencode(path), how,
+                      _OPEN_HOW_SIZE_ARG)
         return fd if fd >= 0 else -1
 
     def fstat(self, fd: int):

@@ -33,9 +33,9 @@ from typing import Any
 
 from ..oplocks.backing import KernelBacking, null_backing
 from ..oplocks.table import LeaseTable
-from ..oplocks.types import (LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_LEASE,
-                             CachingChanged, KernelBreakDone, OpenRequest, Resume,
-                             SendLeaseBreak, SendOplockBreak)
+from ..oplocks.types import (LEASE_NONE, LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE,
+                             OPLOCK_LEASE, CachingChanged, KernelBreakDone, OpenRequest,
+                             Resume, SendLeaseBreak, SendOplockBreak)
 from ..wire.status import NtStatus, SmbError
 from . import leases
 
@@ -226,7 +226,9 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
         dialect=conn.dialect, oplock_level=c.oplock, lease=lease, access_mask=access,
         create_disposition=c.disposition, is_directory=is_dir,
         sharing_violation=sharing_violation, has_brlocks=has_brlocks,
-        cap=cache.cap_for(req.tree.share, is_dir), first_attempt=first_attempt), cache.now())
+        # The cap only limits a grant: a CREATE asking for none skips working it out.
+        cap=cache.cap_for(req.tree.share, is_dir) if c.oplock else LEASE_NONE,
+        first_attempt=first_attempt), cache.now())
     if res.status == NtStatus.PENDING:
         fut = asyncio.get_running_loop().create_future()
         cache.waiters[cache_id] = fut
