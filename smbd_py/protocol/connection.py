@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import struct
-from typing import Any, Callable
+from typing import Any
 
 from ..wire.header import (Command, Flags, Header, HEADER_SIZE, PROTOCOL_ID, SMB1_PROTOCOL_ID,
-                           TRANSFORM_PROTOCOL_ID, FRAME, RELATED_FILE_ID, SIGNATURE_OFFSET,
+                           TRANSFORM_PROTOCOL_ID, FRAME, SIGNATURE_OFFSET,
                            UNSOLICITED_MESSAGE_ID)
 from ..wire.status import NtStatus, SmbError
 from .request import Request
@@ -392,17 +391,20 @@ class Connection:
             raise SmbError(NtStatus.ACCESS_DENIED)
         signed = bool(req.hdr.flags & _SIGNED)
         req.was_signed = signed
+        if not signed:
+            # The key is looked up only when it matters (most traffic is unsigned).
+            if (sess.signing_required and req.hdr.command != Command.OPLOCK_BREAK
+                    and sess.signer_for(self) is not None):
+                raise SmbError(NtStatus.ACCESS_DENIED)
+            return None
         signer = sess.signer_for(self)
         if signer is None:
-            return
-        if signed:
-            if defer_large and len(req.raw) >= (_VERIFY_IN_POOL_GMAC if signer.algorithm == _AES_GMAC
-                                                 else _VERIFY_IN_POOL):
-                return signer
-            if not signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
-                                      is_cancel=req.hdr.command == Command.CANCEL):
-                raise SmbError(NtStatus.ACCESS_DENIED)
-        elif sess.signing_required and req.hdr.command != Command.OPLOCK_BREAK:
+            return None
+        if defer_large and len(req.raw) >= (_VERIFY_IN_POOL_GMAC if signer.algorithm == _AES_GMAC
+                                             else _VERIFY_IN_POOL):
+            return signer
+        if not signer.verify(req.raw, message_id=req.hdr.message_id, is_response=False,
+                             is_cancel=req.hdr.command == Command.CANCEL):
             raise SmbError(NtStatus.ACCESS_DENIED)
         return None
 
@@ -489,11 +491,8 @@ class Connection:
         sess = req.session
         if sess is None:
             return None
-        signer = sess.signer_for(self)
-        if signer is None:
-            return None
         if req.was_signed or sess.signing_required or req.hdr.command == Command.SESSION_SETUP:
-            return signer
+            return sess.signer_for(self)
         return None
 
     def _send_responses(self, items: list[tuple[Request, bytes]]) -> None:
