@@ -404,37 +404,3 @@ def test_nonblock_open_of_leased_file_is_sharing_violation(share):
         child.kill()
         child.wait(timeout=10)
     del fcntl
-
-
-def test_statx_matches_stat_and_keeps_birth_time(tmp_path):
-    assert paths.STATX_AVAILABLE
-    f = tmp_path / "f"
-    f.write_bytes(b"abc")
-    fd = os.open(f, os.O_RDONLY)
-    try:
-        a = paths.fstatx(fd)
-    finally:
-        os.close(fd)
-    b = os.stat(f)
-    for k in ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks",
-              "st_atime_ns", "st_mtime_ns", "st_ctime_ns"):
-        assert getattr(a, k) == getattr(b, k), k
-    assert paths.statx_at("f", dir_fd=os.open(tmp_path, os.O_PATH)).st_ino == b.st_ino
-    # tmpfs records birth times: a write must not move the creation time
-    if not os.path.isdir("/dev/shm"):
-        pytest.fail("/dev/shm missing: cannot check birth times on tmpfs")
-    import tempfile
-    from smbd_py.fs.info import creation_ns
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
-        with ShareRoot(d, use_statx=True) as s:
-            os.close(s.open(("x",), os.O_CREAT | os.O_WRONLY))
-            st1 = s.stat(("x",))
-            assert st1.st_birthtime_ns > 0
-            import time
-            time.sleep(0.02)
-            fd = s.open(("x",), os.O_WRONLY)
-            os.write(fd, b"more")
-            os.close(fd)
-            st2 = s.stat(("x",))
-            assert st2.st_mtime_ns > st1.st_mtime_ns
-            assert creation_ns(st2) == creation_ns(st1) == st1.st_birthtime_ns

@@ -26,7 +26,7 @@ def test_fstatx_matches_fstat_and_has_birth_time(tmp_path):
         for k in FIELDS:
             assert getattr(sx, k) == getattr(st, k), k
         assert 0 < sx.st_birthtime_ns <= sx.st_mtime_ns
-        assert paths.fstat_btime is paths.fstatx
+        assert paths.STATX_AVAILABLE and paths.fstat_btime is paths.fstatx
     finally:
         os.close(fd)
 
@@ -43,6 +43,27 @@ def test_birth_time_stays_across_writes_and_o_path(tmp_path):
     finally:
         os.close(fd)
     assert sx.st_birthtime_ns == b0 and sx.st_mtime_ns > b0 and sx.st_size == 6
+
+
+def test_share_root_keeps_birth_time_on_tmpfs():
+    """tmpfs records birth times too: a write through the share must not move the
+    creation time fs.info reports."""
+    import tempfile
+    from smbd_py.fs.info import creation_ns
+    if not os.path.isdir("/dev/shm"):
+        pytest.fail("/dev/shm missing: cannot check birth times on tmpfs")
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        with paths.ShareRoot(d, use_statx=True) as s:
+            os.close(s.open(("x",), os.O_CREAT | os.O_WRONLY))
+            st1 = s.stat(("x",))
+            assert st1.st_birthtime_ns > 0
+            time.sleep(0.02)
+            fd = s.open(("x",), os.O_WRONLY)
+            os.write(fd, b"more")
+            os.close(fd)
+            st2 = s.stat(("x",))
+            assert st2.st_mtime_ns > st1.st_mtime_ns
+            assert creation_ns(st2) == creation_ns(st1) == st1.st_birthtime_ns
 
 
 def test_statx_at_follows_or_not(tmp_path):
