@@ -248,8 +248,10 @@ class KernelBacking:
         if key is None:
             self.leases.release(fd)
             return
-        log.debug("kernel lease break on %s: to %s", key, target)
         self.on_break(key, LEASE_R if target == "read" else LEASE_NONE)
+        # Logged after the break went out: a local open(2) waits for it.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("kernel lease break on %s: to %s", key, target)
 
     def _on_modify(self, key: Hashable) -> None:
         log.debug("foreign write to %s: read caching breaks", key)

@@ -68,7 +68,15 @@ BreakCallback = Callable[[int, str], None]
 
 _KIND_TO_LOCK = {"read": _linux.F_RDLCK, "write": _linux.F_WRLCK, "none": _linux.F_UNLCK}
 _LOCK_TO_KIND = {_linux.F_RDLCK: "read", _linux.F_WRLCK: "write", _linux.F_UNLCK: "none"}
-_RANK = {"none": 0, "read": 1, "write": 2}
+
+# The break path's constants as module globals (one lookup each, no attribute chain).
+_F_GETLEASE = _linux.F_GETLEASE
+_F_SETLEASE = _linux.F_SETLEASE
+_F_RDLCK = _linux.F_RDLCK
+_F_UNLCK = _linux.F_UNLCK
+_SIGINFO_SIZE = _linux.SIGNALFD_SIGINFO_SIZE
+_SIGINFO_HEAD = _linux.SIGNALFD_SIGINFO_HEAD
+_READ_SIZE = _SIGINFO_SIZE * 64
 
 # Refusals are normal outcomes of F_SETLEASE: the caller grants less.
 #   EAGAIN conflicting open, EACCES not owner and no CAP_LEASE, EINVAL filesystem or
@@ -113,7 +121,7 @@ def _let_breaker_run() -> None:
     os.sched_yield()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Held:
     kind: str  # 'read' | 'write': what we hold
     reported: Optional[str] = None  # the strongest break target already reported
@@ -237,7 +245,7 @@ class KernelLeases:
         """Drop the lease on `fd` (F_UNLCK). The breaker's open() proceeds at once."""
         held = self._held.pop(fd, None)
         try:
-            fcntl.fcntl(fd, _linux.F_SETLEASE, _linux.F_UNLCK)
+            fcntl.fcntl(fd, _F_SETLEASE, _F_UNLCK)
         except OSError as e:
             # EBADF: already closed (the kernel dropped the lease with it). EAGAIN/
             # EINVAL cannot mean "still held" for F_UNLCK.
@@ -266,13 +274,29 @@ class KernelLeases:
 
     # ----------------------------------------------------------------- breaks
     def _on_signalfd_readable(self) -> None:
-        self._drain(dispatch=True)
-
-    def _drain(self, dispatch: bool) -> None:
-        size = _linux.SIGNALFD_SIGINFO_SIZE
+        # A local open(2) is blocked until the break reaches the client: one record (the
+        # usual case) goes straight to _check_fd; anything else takes _handle_records.
+        sfd = self._sfd
         for _ in range(1024):  # bounded: the queue is finite, but never spin forever
             try:
-                data = os.read(self._sfd, size * 64)
+                data = os.read(sfd, _READ_SIZE)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            if len(data) == _SIGINFO_SIZE:
+                signo, _errno, _code, _pid, _uid, fd = _SIGINFO_HEAD.unpack_from(data)
+                if signo == self._signo:
+                    self._check_fd(fd)
+                    continue
+            self._handle_records(data)
+
+    def _drain(self, dispatch: bool) -> None:
+        for _ in range(1024):  # bounded: the queue is finite, but never spin forever
+            try:
+                data = os.read(self._sfd, _READ_SIZE)
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -283,8 +307,8 @@ class KernelLeases:
                 self._handle_records(data)
 
     def _handle_records(self, data: bytes) -> None:
-        size = _linux.SIGNALFD_SIGINFO_SIZE
-        head = _linux.SIGNALFD_SIGINFO_HEAD
+        size = _SIGINFO_SIZE
+        head = _SIGINFO_HEAD
         scan = False
         fds: list[int] = []
         for off in range(0, len(data) - size + 1, size):
@@ -307,15 +331,25 @@ class KernelLeases:
         if held is None:
             return  # stale signal for a lease we no longer hold
         try:
-            target = _LOCK_TO_KIND[fcntl.fcntl(fd, _linux.F_GETLEASE)]
+            lock = fcntl.fcntl(fd, _F_GETLEASE)
         except OSError as e:
             if e.errno == errno.EBADF:
                 self._held.pop(fd, None)
                 return
             raise
-        if _RANK[target] >= _RANK[held.kind]:
-            return  # not breaking (signal from an earlier lease on this fd)
-        if held.reported is not None and _RANK[target] >= _RANK[held.reported]:
+        # During a break F_GETLEASE answers the target. Compared as plain values (this
+        # runs while a local open(2) waits): F_WRLCK is no break at all, F_RDLCK breaks
+        # only a write lease, F_UNLCK breaks either.
+        if lock == _F_RDLCK:
+            if held.kind == "read":
+                return  # not breaking (signal from an earlier lease on this fd)
+            target = "read"
+        elif lock == _F_UNLCK:
+            target = "none"
+        else:
+            return
+        reported = held.reported
+        if reported is not None and (reported == "none" or target == "read"):
             return  # this break was already reported
         held.reported = target
         self.breaks_reported += 1

@@ -45,6 +45,12 @@ LeaseId = tuple  # (client_guid, lease_key)
 _OPLOCK_GRANTS = {lvl: Grant(lvl) for lvl in (OPLOCK_NONE, OPLOCK_II, OPLOCK_EXCLUSIVE,
                                                OPLOCK_BATCH)}
 _OPLOCK_OK = {lvl: OpenResult(NtStatus.SUCCESS, g, ()) for lvl, g in _OPLOCK_GRANTS.items()}
+# oplock_to_lease as a table, for the loops that run while a local open(2) waits on a
+# kernel lease break (kernel_break, the ack's _post_change): an open only ever holds
+# one of these four levels.
+_OPLOCK_CACHING = {OPLOCK_NONE: LEASE_NONE, OPLOCK_II: oplock_to_lease(OPLOCK_II),
+                   OPLOCK_EXCLUSIVE: oplock_to_lease(OPLOCK_EXCLUSIVE),
+                   OPLOCK_BATCH: oplock_to_lease(OPLOCK_BATCH)}
 
 
 @dataclass
@@ -449,15 +455,19 @@ class LeaseTable:
         if fs is None:
             actions.append(KernelBreakDone(file_key, target))
             return actions
-        fs.kernel_target = target if fs.kernel_target is None else fs.kernel_target & target
-        keep = fs.kernel_target | (LEASE_H if fs.kernel_target else 0)
-        for lid in list(fs.leases):
-            lease = self._leases[lid]
-            if lease.state & ~keep:
-                self._break_lease(lease, valid_lease_state(lease.state & keep), now, actions)
-        for e in list(fs.opens.values()):
-            if e.lease_id is None and oplock_to_lease(e.oplock) & ~fs.kernel_target:
-                self._break_oplock(e, fs.kernel_target, now, actions)
+        kt = fs.kernel_target
+        kt = fs.kernel_target = target if kt is None else kt & target
+        if fs.leases:
+            keep = kt | (LEASE_H if kt else 0)
+            for lid in list(fs.leases):
+                lease = self._leases[lid]
+                if lease.state & ~keep:
+                    self._break_lease(lease, valid_lease_state(lease.state & keep), now,
+                                      actions)
+        # _break_oplock changes no open set: the dict is walked as it is.
+        for e in fs.opens.values():
+            if e.lease_id is None and _OPLOCK_CACHING[e.oplock] & ~kt:
+                self._break_oplock(e, kt, now, actions)
         self._post_change(file_key, actions)
         return actions
 
@@ -629,13 +639,13 @@ class LeaseTable:
                       actions: list[Action]) -> None:
         if op.breaking_to is not None:
             return                  # one break at a time; the ack/timeout ends it
-        cur = oplock_to_lease(op.oplock)
-        if cur == LEASE_NONE:
-            return
+        oplock = op.oplock
+        if oplock == OPLOCK_NONE:
+            return                  # caches nothing
         to_level = OPLOCK_II if (break_to & LEASE_R and self.level2_oplocks) else OPLOCK_NONE
-        if op.oplock == to_level:
+        if oplock == to_level:
             return
-        if op.oplock == OPLOCK_II:
+        if oplock == OPLOCK_II:
             # LEVEL_II -> NONE is sent without waiting for an ack.
             op.oplock = OPLOCK_NONE
             actions.append(SendOplockBreak(op.owner_id, op.open_id, op.file_key,
@@ -647,11 +657,13 @@ class LeaseTable:
 
     def _union(self, fs: FileState) -> int:
         u = LEASE_NONE
-        for lid in fs.leases:
-            u |= self._leases[lid].state
+        if fs.leases:
+            leases = self._leases
+            for lid in fs.leases:
+                u |= leases[lid].state
         for e in fs.opens.values():
             if e.lease_id is None:
-                u |= oplock_to_lease(e.oplock)
+                u |= _OPLOCK_CACHING[e.oplock]
         return u
 
     def _breaking_on(self, fs: FileState) -> bool:
@@ -679,7 +691,8 @@ class LeaseTable:
                 actions.append(Resume(w, file_key))
                 self._waiter_file.pop(w, None)
             fs.waiters.clear()
-        self._gc_file(file_key)
+        if not fs.opens and not fs.waiters and fs.kernel_target is None:
+            del self._files[file_key]           # _gc_file, inline
 
     def _gc_file(self, file_key: Hashable) -> None:
         fs = self._files.get(file_key)

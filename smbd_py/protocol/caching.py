@@ -490,29 +490,38 @@ def data_changed(ctx: Any, op, modifies: bool = True) -> None:
     cache.run(cache.table.write(cid, cache.now()))
 
 
-async def handle_oplock_ack(req, op, level: int) -> bytes:
-    """OPLOCK_BREAK acknowledgment (MS-SMB2 3.3.5.22.1)."""
-    cache = getattr(req.conn.server, "_caching", None)
+# Acks run while a local open(2) may wait for the kernel lease they release: the
+# statuses they test are plain module constants (an enum class attribute is a lookup).
+_SUCCESS = NtStatus.SUCCESS
+_INVALID_OPLOCK_PROTOCOL = NtStatus.INVALID_OPLOCK_PROTOCOL
+
+
+def handle_oplock_ack(req, op, level: int) -> bytes:
+    """OPLOCK_BREAK acknowledgment (MS-SMB2 3.3.5.22.1). Never waits: a plain function,
+    the kernel lease (if the break was the kernel's) is released before it returns."""
+    conn = req.conn
+    cache = getattr(conn.server, "_caching", None)
     cid = getattr(op, "cache_id", 0)
     if cache is None or not cid:
-        raise SmbError(NtStatus.INVALID_OPLOCK_PROTOCOL)
-    res = cache.table.ack_oplock(cid, level, cache.now(), owner_id=req.conn)
-    if res.status == NtStatus.SUCCESS or res.status == NtStatus.INVALID_OPLOCK_PROTOCOL:
+        raise SmbError(_INVALID_OPLOCK_PROTOCOL)
+    res = cache.table.ack_oplock(cid, level, cache.now(), conn)
+    status = res.status
+    if status == _SUCCESS or status == _INVALID_OPLOCK_PROTOCOL:
         op.oplock_level = res.level
     cache.run(res.actions)
-    if res.status != NtStatus.SUCCESS:
-        raise SmbError(res.status)
+    if status != _SUCCESS:
+        raise SmbError(status)
     return OPLOCK_BREAK_BODY.pack(24, res.level, 0, 0, op.file_id)
 
 
-async def handle_lease_ack(req) -> bytes:
+def handle_lease_ack(req) -> bytes:
     """LEASE_BREAK acknowledgment (MS-SMB2 3.3.5.22.2): the lease is named by the
-    connection's ClientGuid and the LeaseKey."""
+    connection's ClientGuid and the LeaseKey. Never waits, as handle_oplock_ack."""
     key, state = leases.parse_lease_ack(req.body)
     cache = caching_of(req.conn.server)
     res = cache.table.ack_lease(req.conn.client_guid, key, state, cache.now())
     cache.run(res.actions)
-    if res.status != NtStatus.SUCCESS:
+    if res.status != _SUCCESS:
         raise SmbError(res.status)
     return leases.lease_ack_response(key, res.level)
 

@@ -9,14 +9,15 @@ from .create import lookup_open
 
 async def handle_oplock_break(req) -> bytes:
     # A local open(2) may be blocked on this ack (kernel lease break): no per-call
-    # imports or copies on the way to the table.
+    # imports or copies on the way to the table, and the acks are plain functions (no
+    # second coroutine: they never wait).
     body = req.body
     n = len(body)
     if n < 2:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     size = body[0] | (body[1] << 8)
     if size == 24 and n >= 24:
-        return await handle_oplock_ack(req, lookup_open(req, bytes(body[8:24])), body[2])
+        return handle_oplock_ack(req, lookup_open(req, bytes(body[8:24])), body[2])
     if size == 36 and n >= 36:
-        return await handle_lease_ack(req)
+        return handle_lease_ack(req)
     raise SmbError(NtStatus.INVALID_PARAMETER)
