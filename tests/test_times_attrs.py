@@ -20,7 +20,7 @@ import subprocess
 
 import pytest
 
-from smbd_py.fs.info import unix_ns_to_filetime
+from smbd_py.fs.timeconv import unix_ns_to_filetime
 from smbd_py.fs.paths import STATX_AVAILABLE, statx_at
 from tests.conftest import require_tool
 from tests.peers.smbd_py_server import checked_server

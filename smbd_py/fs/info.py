@@ -11,7 +11,7 @@ import stat as stat_mod
 import struct
 from typing import NamedTuple
 
-from smbd_py.fs.timeconv import unix_ns_to_filetime
+from smbd_py.fs.timeconv import FILETIME_EPOCH_DELTA
 from smbd_py.wire.status import NtStatus, SmbError
 
 # ---------------------------------------------------------------------------
@@ -185,12 +185,12 @@ def creation_ns(st, btime_ns: int | None = None) -> int:
 
 def file_times(st, btime_ns: int | None = None) -> tuple[int, int, int, int]:
     """(CreationTime, LastAccessTime, LastWriteTime, ChangeTime) as FILETIMEs."""
-    return (
-        unix_ns_to_filetime(creation_ns(st, btime_ns)),
-        unix_ns_to_filetime(st.st_atime_ns),
-        unix_ns_to_filetime(st.st_mtime_ns),
-        unix_ns_to_filetime(st.st_ctime_ns),
-    )
+    # unix_ns_to_filetime, unrolled: every CREATE response and listing entry comes here.
+    c = creation_ns(st, btime_ns) // 100 + FILETIME_EPOCH_DELTA
+    a = st.st_atime_ns // 100 + FILETIME_EPOCH_DELTA
+    w = st.st_mtime_ns // 100 + FILETIME_EPOCH_DELTA
+    ch = st.st_ctime_ns // 100 + FILETIME_EPOCH_DELTA
+    return (c if c > 0 else 0, a if a > 0 else 0, w if w > 0 else 0, ch if ch > 0 else 0)
 
 
 def allocation_size(st) -> int:

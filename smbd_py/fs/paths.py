@@ -333,6 +333,9 @@ def _smb_error(e: OSError, last_component: bool = True) -> SmbError:
 _BAD_CHARS = re.compile('[\x00-\x1f"*/<>?|\\\\\ud800-\udfff]')
 # A stream name may hold anything but NUL, '/', '\\' and ':' (Windows; smbtorture
 # smb2.streams.names2 walks 0x01..0x7E): control characters and wildcards included.
+# Components of good characters (no ':' either) joined by single backslashes.
+_PLAIN_COMPONENT = '[^\x00-\x1f"*/<>?|\\\\:\ud800-\udfff]+'
+_PLAIN_PATH = re.compile(_PLAIN_COMPONENT + "(?:\\\\" + _PLAIN_COMPONENT + ")*")
 _BAD_STREAM_CHARS = re.compile('[\x00/\\\\:\ud800-\udfff]')
 
 
@@ -344,6 +347,12 @@ def split_stream_path(smb_path: str) -> tuple[tuple[str, ...], str | None]:
     trailing backslashes are dropped, `..` is folded lexically (Windows does the same
     before the filesystem sees the name) and may not climb above the share root.
     """
+    if _PLAIN_PATH.fullmatch(smb_path) is not None:
+        # The common shape (no stream, no bad character, no empty component): only the
+        # "." and ".." components and the reserved name are left to look at.
+        parts = smb_path.split("\\")
+        if "." not in parts and ".." not in parts and parts[0].casefold() != _RESERVED_FOLDED:
+            return tuple(parts), None
     p = smb_path
     if p.startswith("\\"):
         p = p.lstrip("\\")

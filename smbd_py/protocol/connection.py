@@ -78,6 +78,9 @@ _SIGNED = int(Flags.SIGNED)
 _ASYNC_COMMAND = int(Flags.ASYNC_COMMAND)
 _ECHO_FLAGS = int(Flags.RELATED_OPERATIONS | Flags.PRIORITY_MASK)
 _OPLOCK_BREAK = int(Command.OPLOCK_BREAK)
+_CANCEL = int(Command.CANCEL)
+_NEGOTIATE = int(Command.NEGOTIATE)
+_SESSION_SETUP = int(Command.SESSION_SETUP)
 
 
 _HANDLERS: dict = {}
@@ -235,17 +238,40 @@ class Connection:
 
     async def _handle_compound(self, data: bytes, encrypted_session: Any = None) -> None:
         mv = memoryview(data)
+        try:
+            hdr = Header.parse(mv, 0)
+        except ValueError as e:
+            raise Disconnect(str(e)) from e
+        if hdr.flags & _SERVER_TO_REDIR:
+            raise Disconnect("response flag on a request")
+        if not hdr.next_command:
+            # One request in the frame, nearly all traffic: no chain bookkeeping (the
+            # Request's class defaults say "alone in its frame").
+            req = Request(self, hdr, mv[HEADER_SIZE:], mv)
+            if hdr.flags & _RELATED_OPERATIONS:
+                req.related = True
+            if encrypted_session is not None:
+                req.encrypted_by = encrypted_session
+            body = await self._process(req, None, True)
+            try:
+                if body is not None:
+                    self._send_single(req, body)
+            finally:
+                if req.after_send is not None:
+                    req.after_send()
+            return
         offset = 0
         responses: list[tuple[Request, bytes, Any]] = []
         prev: Request | None = None
         total = len(data)
         while True:
-            try:
-                hdr = Header.parse(mv, offset)
-            except ValueError as e:
-                raise Disconnect(str(e)) from e
-            if hdr.flags & _SERVER_TO_REDIR:
-                raise Disconnect("response flag on a request")
+            if offset:
+                try:
+                    hdr = Header.parse(mv, offset)
+                except ValueError as e:
+                    raise Disconnect(str(e)) from e
+                if hdr.flags & _SERVER_TO_REDIR:
+                    raise Disconnect("response flag on a request")
             if hdr.next_command:
                 if hdr.next_command % 8 or hdr.next_command < HEADER_SIZE or offset + hdr.next_command > total:
                     raise Disconnect("bad NextCommand")
@@ -253,7 +279,7 @@ class Connection:
             else:
                 end = total
             req = Request(self, hdr, mv[offset + HEADER_SIZE:end], mv[offset:end])
-            req.in_compound = offset != 0 or hdr.next_command != 0
+            req.in_compound = True
             req.last_in_chain = not hdr.next_command
             req.chain_responses = responses
             req.related = bool(hdr.flags & _RELATED_OPERATIONS)
@@ -269,30 +295,26 @@ class Connection:
             if not hdr.next_command:
                 break
             offset = end
-        try:
-            if responses:
-                self._send_responses(responses)
-                # Each request refers to this list (chain_responses) and the list to the
-                # requests: clearing it breaks the cycle, so the frame's memory (a WRITE's
-                # reusable buffer, see bufpool) is released now rather than at the next GC.
-                responses.clear()
-        finally:
-            # Only a request alone in its frame leaves work for after its response.
-            if req.after_send is not None:
-                req.after_send()
+        if responses:
+            self._send_responses(responses)
+            # Each request refers to this list (chain_responses) and the list to the
+            # requests: clearing it breaks the cycle, so the frame's memory (a WRITE's
+            # reusable buffer, see bufpool) is released now rather than at the next GC.
+            responses.clear()
+        # (after_send is never set in a compound: later requests must see the work done.)
 
     # ---- one request ------------------------------------------------------------------
     async def _process(self, req: Request, prev: Request | None, first: bool) -> bytes | None:
         hdr = req.hdr
         cmd = hdr.command
-        if cmd == Command.CANCEL:
+        if cmd == _CANCEL:
             self._cancel(req)
             return None
         self._consume_credits(hdr)
         if req.related and first:
             # MS-SMB2 3.3.5.2.7.2: the first request of a chain cannot be related.
             return self._error(req, NtStatus.INVALID_PARAMETER)
-        if not self.negotiated and cmd != Command.NEGOTIATE:
+        if not self.negotiated and cmd != _NEGOTIATE:
             raise Disconnect("request before NEGOTIATE")
         if req.related and prev is not None:
             if (prev.session is None and cmd not in NO_SESSION_COMMANDS
@@ -313,9 +335,9 @@ class Connection:
                 signer = self._check_session(req)
                 if signer is not None:
                     if not await self.server.run_io(_verify_request, signer, req.raw,
-                                                    hdr.message_id, cmd == Command.CANCEL):
+                                                    hdr.message_id, False):
                         raise SmbError(NtStatus.ACCESS_DENIED)
-            elif hdr.session_id and cmd != Command.SESSION_SETUP:
+            elif hdr.session_id and cmd != _SESSION_SETUP:
                 sess = self.sessions.get(hdr.session_id)
                 if sess is not None and sess.state == "valid":
                     req.session = sess
@@ -357,6 +379,13 @@ class Connection:
         """Resolve and check the request's session. Returns a signer when a large signed
         request's signature is still to be verified (in the I/O pool, see _process)."""
         sess = self.sessions.get(req.hdr.session_id)
+        if (sess is not None and sess.state == "valid" and not req.hdr.flags & _SIGNED
+                and not sess.signing_required and not sess.encrypt_data
+                and req.encrypted_by is None):
+            # Unsigned plain traffic of a session that asks for neither: nothing of
+            # _check_signature applies (req.was_signed stays False).
+            req.session = sess
+            return None
         if sess is None:
             if req.hdr.flags & Flags.SIGNED and req.encrypted_by is None:
                 # A session of this client not bound to this connection: the error
@@ -428,12 +457,15 @@ class Connection:
             self.seq_low += 1
 
     def _grant_credits(self, hdr: Header) -> int:
-        want = max(hdr.credits, 1)
+        want = hdr.credits or 1
         outstanding = self.seq_high - self.seq_low - len(self.seq_used)
         room = self.server.config.max_credits - outstanding
-        granted = max(0, min(want, room))
-        if granted == 0 and outstanding <= 0:
-            granted = 1
+        if want <= room:
+            granted = want               # the usual case (no min/max calls per response)
+        elif room > 0:
+            granted = room
+        else:
+            granted = 0 if outstanding > 0 else 1
         self.seq_high += granted
         return granted
 
@@ -544,8 +576,11 @@ class Connection:
             else:
                 credits = self._grant_credits(hdr)
                 low, high = 0, hdr.tree_id
-            signer = self._signer_for(req)
-            parts = body if isinstance(body, tuple) else None
+            sess = req.session
+            # _signer_for's answer is None unless one of these holds (most traffic).
+            signer = self._signer_for(req) if sess is not None and (
+                req.was_signed or sess.signing_required or cmd == _SESSION_SETUP) else None
+            parts = body if body.__class__ is tuple else None
             size = HEADER_SIZE + (sum(map(len, parts)) if parts is not None else len(body))
             if signer is not None:
                 flags |= _SIGNED

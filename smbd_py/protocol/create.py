@@ -14,6 +14,7 @@ from ..fs import info as fsinfo
 from ..fs.ea import parse_full_ea_list, replace_eas, write_eas
 from ..fs.paths import fstat_btime   # statx: CreationTime is the birth time
 from ..wire import access as A
+from ..wire.header import RELATED_FILE_ID
 from ..wire.status import NtStatus, SmbError
 from . import caching, durable, notify
 from .leases import lease_response_context
@@ -86,33 +87,15 @@ def build_contexts(items: list[tuple[bytes, bytes]]) -> bytes:
     return bytes(out)
 
 
-def _parse(req) -> CreateRequest:
-    body = req.body
-    if len(body) < CREATE_REQ.size:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    (size, _secflags, oplock, imp, _cflags, _res, access, attrs, share, disp, options,
-     name_off, name_len, ctx_off, ctx_len) = CREATE_REQ.unpack_from(body)
-    if size != 57:
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    raw = req.raw
-    if name_len % 2 or (name_len and (name_off < 64 + 56 or name_off + name_len > len(raw))):
-        raise SmbError(NtStatus.INVALID_PARAMETER)
-    c = CreateRequest()
-    c.path_fd = -1
-    try:
-        c.name = bytes(raw[name_off:name_off + name_len]).decode("utf-16-le") if name_len else ""
-    except UnicodeDecodeError:
-        raise SmbError(NtStatus.OBJECT_NAME_INVALID) from None
-    c.oplock, c.impersonation, c.access, c.attributes = oplock, imp, access, attrs
-    c.share_access, c.disposition, c.options = share, disp, options
-    c.contexts = parse_contexts(raw, ctx_off, ctx_len)
-    c.durable = None
-    c.app_instance_id = b""
-    if c.contexts and durable.is_reconnect(c.contexts):
-        # A durable reconnect ignores every other field (MS-SMB2 3.3.5.9.7; smbtorture
-        # smb2.durable-open.reopen2 sends garbage in them): protocol.durable checks it.
-        return c
-    # Validation in the order Windows applies it (smbtorture smb2.create.gentest/blob).
+# Options whose CREATE needs _validate's checks (none of the common ones do).
+_OPTIONS_CHECKED = (A.FILE_RESERVE_OPFILTER | A.FILE_OPEN_BY_FILE_ID | _FILE_CREATE_TREE_CONNECTION
+                    | A.FILE_DIRECTORY_FILE | A.FILE_DELETE_ON_CLOSE
+                    | (0xFFFFFFFF & ~A.CREATE_OPTIONS_VALID))
+
+
+def _validate(imp: int, access: int, attrs: int, share: int, disp: int, options: int) -> None:
+    """The field checks of a CREATE in the order Windows applies them (smbtorture
+    smb2.create.gentest/blob)."""
     if imp > 3:
         raise SmbError(NtStatus.BAD_IMPERSONATION_LEVEL)
     # Windows (and Samba) refuse these three with NOT_SUPPORTED (smb2.create.gentest);
@@ -137,6 +120,39 @@ def _parse(req) -> CreateRequest:
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if (options & A.FILE_DIRECTORY_FILE) and disp in (A.FILE_SUPERSEDE, A.FILE_OVERWRITE, A.FILE_OVERWRITE_IF):
         raise SmbError(NtStatus.INVALID_PARAMETER)
+
+
+def _parse(req) -> CreateRequest:
+    body = req.body
+    if len(body) < CREATE_REQ.size:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    (size, _secflags, oplock, imp, _cflags, _res, access, attrs, share, disp, options,
+     name_off, name_len, ctx_off, ctx_len) = CREATE_REQ.unpack_from(body)
+    if size != 57:
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    raw = req.raw
+    if name_len % 2 or (name_len and (name_off < 64 + 56 or name_off + name_len > len(raw))):
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    c = CreateRequest()
+    c.path_fd = -1
+    try:
+        c.name = str(raw[name_off:name_off + name_len], "utf-16-le") if name_len else ""
+    except UnicodeDecodeError:
+        raise SmbError(NtStatus.OBJECT_NAME_INVALID) from None
+    c.oplock, c.impersonation, c.access, c.attributes = oplock, imp, access, attrs
+    c.share_access, c.disposition, c.options = share, disp, options
+    c.contexts = parse_contexts(raw, ctx_off, ctx_len)
+    c.durable = None
+    c.app_instance_id = b""
+    if c.contexts and durable.is_reconnect(c.contexts):
+        # A durable reconnect ignores every other field (MS-SMB2 3.3.5.9.7; smbtorture
+        # smb2.durable-open.reopen2 sends garbage in them): protocol.durable checks it.
+        return c
+    if (imp > 3 or options & _OPTIONS_CHECKED or disp > A.FILE_OVERWRITE_IF or not access
+            or access & A.ACCESS_MASK_INVALID or attrs & ~A.FILE_ATTRIBUTE_VALID_FLAGS
+            or share & ~A.FILE_SHARE_VALID):
+        # Something unusual: the checks one by one, for the status Windows gives.
+        _validate(imp, access, attrs, share, disp, options)
     if c.name.startswith("\\"):
         raise SmbError(NtStatus.INVALID_PARAMETER)
     return c
@@ -763,7 +779,7 @@ async def _create_pipe(req, c) -> bytes:
 # ---- CLOSE ---------------------------------------------------------------------------
 
 def lookup_open(req, raw_file_id: bytes) -> Open:
-    fid = req.file_id(raw_file_id)
+    fid = req.file_id(raw_file_id) if raw_file_id == RELATED_FILE_ID else raw_file_id
     op = req.conn.server.opens.get(int.from_bytes(fid[8:], "little"))
     if (op is None or op.closed or op.session is not req.session or op.tree is not req.tree
             or op.file_id != fid):

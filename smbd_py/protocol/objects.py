@@ -102,17 +102,53 @@ class Session:
 
 
 class Open:
-    """One SMB2 open (MS-SMB2 3.3.1.10): an fd or a pipe, plus its sharing and caching state."""
+    """One SMB2 open (MS-SMB2 3.3.1.10): an fd or a pipe, plus its sharing and caching state.
 
-    __slots__ = ("persistent_id", "volatile_id", "file_id", "tree", "session", "conn",
-                 "components", "fd", "is_dir", "pipe", "granted_access", "share_access",
-                 "create_options", "delete_on_close", "file_key", "position", "mode",
-                 "dir_cursor", "dir_pattern", "oplock_level", "lease", "closed",
-                 "create_guid", "locks", "stat", "name", "lock_fd", "durable", "ea_size",
-                 "pending_times", "lease_fd", "sticky_times", "file",
-                 "notify", "cache_id", "stream", "base_fd", "base_components",
-                 "base_attributes", "durable_timeout", "disconnected", "request_name",
-                 "app_instance_id", "fd_is_path")
+    The class attributes are every open's starting values; __init__ sets only what each
+    open needs of its own (a CREATE sets the rest it knows): ~35 stores fewer per CREATE
+    than a __slots__ class that must assign every field (bench/README.md, open+close)."""
+
+    components: tuple[str, ...] = ()
+    name = ""                 # the path as the client sees it, backslashes
+    fd = -1
+    fd_is_path = False        # fd is O_PATH (a stat open): its close never blocks
+    lock_fd = -1
+    lease_fd = -1
+    is_dir = False
+    pipe: Any = None
+    granted_access = 0
+    share_access = 0
+    create_options = 0
+    delete_on_close = False
+    file_key: tuple[int, int] | None = None
+    position = 0
+    mode = 0
+    dir_cursor: Any = None
+    dir_pattern: str | None = None
+    oplock_level = 0
+    lease: Any = None
+    closed = False
+    create_guid = b""
+    stat: Any = None
+    durable = False
+    # protocol.durable: seconds a disconnected durable open is kept, whether it is
+    # disconnected now, and the name the CREATE asked for (a reconnect must match it).
+    durable_timeout = 0.0
+    disconnected = False
+    request_name = ""
+    app_instance_id = b""     # SMB2_CREATE_APP_INSTANCE_ID (3.x)
+    ea_size = 0
+    pending_times = None
+    file: "FileState | None" = None
+    notify: Any = None
+    cache_id = 0              # this open's id in the oplock table (protocol.caching)
+    # A named-stream open (fs.streams): `fd`/`file` are the stream file's in the depot;
+    # the stream's name as stored, an O_PATH fd on the base file (its times and
+    # attributes are the stream's) and the base file's share components.
+    stream: str | None = None
+    base_fd = -1
+    base_components: tuple[str, ...] = ()
+    base_attributes: int | None = None    # the base file's stored DOS attributes
 
     def __init__(self, tree: TreeConnect, session: Session, conn: Any) -> None:
         vid = next(_file_ids)
@@ -122,49 +158,8 @@ class Open:
         self.tree = tree
         self.session = session
         self.conn = conn
-        self.components: tuple[str, ...] = ()
-        self.name = ""                 # the path as the client sees it, backslashes
-        self.fd = -1
-        self.fd_is_path = False        # fd is O_PATH (a stat open): its close never blocks
-        self.lock_fd = -1
-        self.lease_fd = -1
-        self.is_dir = False
-        self.pipe: Any = None
-        self.granted_access = 0
-        self.share_access = 0
-        self.create_options = 0
-        self.delete_on_close = False
-        self.file_key: tuple[int, int] | None = None
-        self.position = 0
-        self.mode = 0
-        self.dir_cursor: Any = None
-        self.dir_pattern: str | None = None
-        self.oplock_level = 0
-        self.lease: Any = None
-        self.closed = False
-        self.create_guid = b""
         self.locks: list = []
-        self.stat: Any = None
-        self.durable = False
-        # protocol.durable: seconds a disconnected durable open is kept, whether it is
-        # disconnected now, and the name the CREATE asked for (a reconnect must match it).
-        self.durable_timeout = 0.0
-        self.disconnected = False
-        self.request_name = ""
-        self.app_instance_id = b""     # SMB2_CREATE_APP_INSTANCE_ID (3.x)
-        self.ea_size = 0
         self.sticky_times: dict[str, int] = {}
-        self.pending_times = None
-        self.file: "FileState | None" = None
-        self.notify: Any = None
-        self.cache_id = 0              # this open's id in the oplock table (protocol.caching)
-        # A named-stream open (fs.streams): `fd`/`file` are the stream file's in the depot;
-        # the stream's name as stored, an O_PATH fd on the base file (its times and
-        # attributes are the stream's) and the base file's share components.
-        self.stream: str | None = None
-        self.base_fd = -1
-        self.base_components: tuple[str, ...] = ()
-        self.base_attributes: int | None = None    # the base file's stored DOS attributes
 
 
 class FileState:

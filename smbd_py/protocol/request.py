@@ -9,42 +9,42 @@ from ..wire.status import NtStatus, SmbError
 
 
 class Request:
-    __slots__ = ("conn", "hdr", "body", "raw", "session", "tree", "status", "async_id",
-                 "interim_sent", "cancel_future", "was_signed", "credits_granted",
-                 "in_compound", "related", "out_file_id", "error_data", "send_immediately",
-                 "unsigned_response", "disconnect_after", "task", "prev_status", "encrypted_by",
-                 "last_in_chain", "chain_responses", "after_send")
+    """The class attributes are every request's starting values: __init__ sets only what
+    differs per request (a plain dict-backed instance, no __slots__: a request lives for
+    one round trip, and ~20 stores fewer per request are measurable in the open+close
+    rate, bench/README.md). Assigning one gives this request its own value."""
+
+    session: Any = None
+    tree: Any = None
+    status = NtStatus.SUCCESS
+    async_id = 0
+    interim_sent = False
+    cancel_future: asyncio.Future | None = None
+    was_signed = False
+    credits_granted = 0
+    in_compound = False
+    related = False
+    out_file_id: bytes | None = None   # for related compound requests that follow
+    error_data = b""
+    unsigned_response = False
+    disconnect_after = False
+    task = None
+    prev_status = NtStatus.SUCCESS
+    # The session whose key decrypted this request (it came in a TRANSFORM_HEADER):
+    # its responses are encrypted with that session's key and are not signed.
+    encrypted_by: Any = None
+    last_in_chain = True  # NextCommand == 0 (set by the connection)
+    # Responses of earlier requests of the same compound not sent yet (a shared list).
+    chain_responses: list | None = None
+    # Work the handler left for after its response is written (a plain CLOSE's
+    # bookkeeping): it runs before the loop takes anything else.
+    after_send: Any = None
 
     def __init__(self, conn: Any, hdr: Header, body: memoryview, raw: memoryview) -> None:
         self.conn = conn
         self.hdr = hdr
         self.body = body          # the command body (after the 64-byte header)
         self.raw = raw            # the whole message, header included (signing, preauth)
-        self.session: Any = None
-        self.tree: Any = None
-        self.status = NtStatus.SUCCESS
-        self.async_id = 0
-        self.interim_sent = False
-        self.cancel_future: asyncio.Future | None = None
-        self.was_signed = False
-        self.credits_granted = 0
-        self.in_compound = False
-        self.related = False
-        self.out_file_id: bytes | None = None   # for related compound requests that follow
-        self.error_data = b""
-        self.unsigned_response = False
-        self.disconnect_after = False
-        self.task = None
-        self.prev_status = NtStatus.SUCCESS
-        # The session whose key decrypted this request (it came in a TRANSFORM_HEADER):
-        # its responses are encrypted with that session's key and are not signed.
-        self.encrypted_by: Any = None
-        self.last_in_chain = True  # NextCommand == 0 (set by the connection)
-        # Responses of earlier requests of the same compound not sent yet (a shared list).
-        self.chain_responses: list | None = None
-        # Work the handler left for after its response is written (a plain CLOSE's
-        # bookkeeping): it runs before the loop takes anything else.
-        self.after_send: Any = None
 
     async def go_async(self) -> None:
         """Send the interim STATUS_PENDING response now (MS-SMB2 3.3.4.2); the final response
