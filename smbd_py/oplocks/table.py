@@ -129,6 +129,12 @@ class LeaseTable:
             return LEASE_NONE
         return self._union(fs)
 
+    def kernel_breaking(self, file_key: Hashable) -> bool:
+        """A kernel break of file_key still waits for SMB holders (acks, closes or
+        timeouts) before the kernel lease may be downgraded or released."""
+        fs = self._files.get(file_key)
+        return fs is not None and fs.kernel_target is not None
+
     def is_waiting(self, waiter_id: Hashable) -> bool:
         return waiter_id in self._waiter_file
 

@@ -31,6 +31,7 @@ import struct
 import time
 from typing import Any
 
+from ..oplocks.ack_poll import AckPoll
 from ..oplocks.backing import KernelBacking, null_backing
 from ..oplocks.table import LeaseTable
 from ..oplocks.types import (LEASE_NONE, LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE,
@@ -66,6 +67,7 @@ class Caching:
         self.backing: KernelBacking = (kernel.backing(self._kernel_break) if kernel is not None
                                        else null_backing(self._kernel_break))
         self.fd_keys: dict[int, Any] = {}   # cache id -> inode whose description it shares
+        self.ack_poll = AckPoll(self.table.kernel_breaking)
 
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -133,6 +135,10 @@ class Caching:
         """A kernel lease break (a local open, another server) or a foreign write: every
         SMB holder of file_key comes down to target (LEASE_R or NONE)."""
         self.run(self.table.kernel_break(file_key, target, self.now()))
+        if self.table.kernel_breaking(file_key):
+            # Holders were told to ack: the loop polls for the ack instead of sleeping
+            # (oplocks.ack_poll says why and what it costs).
+            self.ack_poll.start(self._loop, file_key)
 
     def cap_for(self, share: Any, is_dir: bool) -> int:
         """The most caching a grant on this share's file may carry (OpenRequest.cap)."""

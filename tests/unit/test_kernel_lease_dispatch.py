@@ -143,6 +143,31 @@ def test_sigio_scans_every_lease(kl, fake):
     assert len(kl.breaks) == 2 and kl.overflow_scans == 2
 
 
+def test_signalfd_reads_single_records_and_batches_alike(kl, fake, monkeypatch):
+    """_on_signalfd_readable takes one record (the usual read) without _handle_records;
+    whatever a read returns, the outcome is the same as _handle_records'."""
+    import types
+    reads = [record(RTSIG, 5), record(signal.SIGRTMIN + 9, 6),
+             record(RTSIG, 6) + record(RTSIG, 7), record(signal.SIGIO, 0, _linux.SI_KERNEL)]
+
+    def read(fd, n):
+        assert fd == kl._sfd and n >= _linux.SIGNALFD_SIGINFO_SIZE
+        if not reads:
+            raise BlockingIOError
+        return reads.pop(0)
+
+    monkeypatch.setattr(kernel, "os", types.SimpleNamespace(read=read))
+    for fd in (5, 6, 7, 8):
+        kl.set_lease(fd, "write")
+    fake.lease[5] = _linux.F_UNLCK
+    fake.lease[6] = _linux.F_RDLCK
+    fake.lease[8] = _linux.F_RDLCK       # found only by the SIGIO scan
+    kl._on_signalfd_readable()
+    assert reads == []
+    assert kl.breaks == [(5, "none"), (6, "read"), (8, "read")]
+    assert kl.overflow_scans == 1
+
+
 def test_closed_fd_drops_the_record(kl, fake):
     kl.set_lease(7, "write")
     fake.closed.add(7)
