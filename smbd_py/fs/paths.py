@@ -454,6 +454,7 @@ class ShareRoot:
         self.case_sensitive = case_sensitive
         self.use_openat2 = OPENAT2_AVAILABLE if use_openat2 is None else (use_openat2 and OPENAT2_AVAILABLE)
         self.fd = os.open(self.path, _O_PATH_DIR)
+        self._fd_arg = None          # ctypes.c_int(self.fd), made on first use
         self._closed = False
         self._lock = threading.Lock()
         # Opening and stat'ing on the event loop is only safe where the kernel answers
@@ -689,8 +690,11 @@ class ShareRoot:
             how = _CACHED_HOW[flags] = ctypes.byref(
                 _OpenHow(flags | _O_CLOEXEC, 0, _RESOLVE | RESOLVE_CACHED))
         path = "/".join(components) if components else "."
-        fd = _syscall(_SYS_openat2_arg, ctypes.c_int(self.fd), os.fsencode(path), how,
-                      _OPEN_HOW_SIZE_ARG)
+        fd_arg = self._fd_arg
+        if fd_arg is None:
+            fd_arg = self._fd_arg = ctypes.c_int(self.fd)
+        fd = _syscall(_SYS_openat2_arg, fd_arg, path.encode(_FS_ENCODING, "surrogateescape"),
+                      how, _OPEN_HOW_SIZE_ARG)
         return fd if fd >= 0 else -1
 
     def fstat(self, fd: int):

@@ -261,18 +261,25 @@ def _stored_remember(st, stored) -> None:
     _stored_cache[(st.st_dev, st.st_ino)] = (st.st_ctime_ns, stored)
 
 
-def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool, c=None,
-                          st=None):
+def _take_path_fd(c, st, flags: int, is_dir: bool, truncate: bool):
+    """A stat open (O_PATH) of a file becomes the O_PATH descriptor its target was
+    stat'ed through (c.path_fd, st its stat: _stat_target_inline): no second lookup.
+    O_PATH never meets a kernel lease and shares no description, so there is nothing
+    for caching.open_backed to do. Returns (fd, stat, stored attributes or _MISS), or
+    None (a data open, a directory, a truncate, or no such descriptor)."""
+    if flags != os.O_PATH or c.path_fd < 0 or is_dir or truncate:
+        return None
+    fd, c.path_fd = c.path_fd, -1
+    return fd, st, _stored_lookup(st)
+
+
+def _open_existing_inline(root, comps, is_dir: bool, flags: int, truncate: bool):
     """_open_existing on the event loop for opens that cannot block: O_PATH (stat opens:
     no file-system open method, never meets a lease) and directories, looked up from the
     kernel's caches only. Returns (fd, stat, stored attributes or _MISS), or None when
-    the I/O pool must do it. A stat open takes the O_PATH descriptor the target was
-    stat'ed through (c.path_fd, st its stat): no second lookup, fstat and close."""
+    the I/O pool must do it."""
     if truncate or not (is_dir or flags & os.O_PATH):
         return None
-    if c is not None and c.path_fd >= 0 and flags == os.O_PATH and not is_dir:
-        fd, c.path_fd = c.path_fd, -1
-        return fd, st, _stored_lookup(st)
     fd = root.open_cached(comps, _O_DIR if is_dir else flags)
     if fd < 0:
         return None
@@ -483,7 +490,7 @@ async def handle_create(req) -> bytes:
     if stream is not None:
         return await _create_stream(req, c, root, comps, stream)
     # "name::$DATA" names the unnamed data stream, which a directory does not have.
-    data_stream = c.name[-7:].upper() == "::$DATA"
+    data_stream = c.name[-7:].upper() == "::$DATA" if ":" in c.name else False
     if data_stream and want_dir:
         raise SmbError(NtStatus.NOT_A_DIRECTORY)
     for attempt in range(8):
@@ -597,10 +604,14 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
                 and tree.maximal_access & A.FILE_WRITE_DATA) else 0
             flags = _open_flags(access | w)
         try:
-            fd, st2, stored = await caching.open_backed(
-                req, c.cache_id, key, share, is_dir, flags, truncate and not is_dir,
-                lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr),
-                fast=lambda fl, tr: _open_existing_inline(root, comps, is_dir, fl, tr, c, st))
+            got = _take_path_fd(c, st, flags, is_dir, truncate)
+            if got is not None:
+                fd, st2, stored = got
+            else:
+                fd, st2, stored = await caching.open_backed(
+                    req, c.cache_id, key, share, is_dir, flags, truncate and not is_dir,
+                    lambda fl, tr: _open_existing(root, comps, is_dir, fl, tr),
+                    fast=lambda fl, tr: _open_existing_inline(root, comps, is_dir, fl, tr))
             if stored is _MISS:
                 try:
                     from .info import read_stored_attributes

@@ -71,19 +71,20 @@ def test_stat_target_inline_matches_pool_stat(root):
 
 def test_stat_open_takes_the_stat_descriptor(root):
     """A stat open (O_PATH) becomes the descriptor the target was stat'ed through: no
-    second lookup; a data open or a truncate leaves it to its owner (handle_create)."""
+    second lookup; a data open, a directory or a truncate leaves it to its owner
+    (handle_create closes it)."""
     c = _request()
     _comps, st = C._stat_target_inline(root, ("d", "f.txt"), c)
     held = c.path_fd
     try:
-        got = C._open_existing_inline(root, ("d", "f.txt"), False, os.O_RDONLY | os.O_NONBLOCK,
-                                      False, c, st)
-        assert got is None and c.path_fd == held
-        assert C._open_existing_inline(root, ("d", "f.txt"), False, os.O_PATH, True, c, st) is None
+        assert C._take_path_fd(c, st, os.O_RDONLY | os.O_NONBLOCK, False, False) is None
         assert c.path_fd == held
-        fd, st2, _stored = C._open_existing_inline(root, ("d", "f.txt"), False, os.O_PATH,
-                                                   False, c, st)
+        assert C._take_path_fd(c, st, os.O_PATH, False, True) is None
+        assert C._take_path_fd(c, st, os.O_PATH, True, False) is None
+        assert c.path_fd == held
+        fd, st2, _stored = C._take_path_fd(c, st, os.O_PATH, False, False)
         assert fd == held and st2 is st and c.path_fd == -1
+        assert C._take_path_fd(c, st, os.O_PATH, False, False) is None   # taken once
     finally:
         os.close(held)
 
