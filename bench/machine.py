@@ -56,7 +56,8 @@ def describe(repo: str) -> list[tuple[str, str]]:
         ("kernel", platform.release()),
         ("cpu", f"{_cpu_model()} x {os.cpu_count()}"),
         ("memory", _mem_total()),
-        ("python", sys.version.split()[0]),
+        # which build: a distribution's (PGO, LTO) or e.g. a plain pyenv one differ by a few %
+        ("python", f"{sys.version.split()[0]} ({os.path.realpath(sys.executable)})"),
         ("samba smbd", _cmd(["/usr/sbin/smbd", "--version"])),
         ("smbclient", _cmd(["smbclient", "--version"])),
         ("smbtorture", _cmd(["smbtorture", "--version"])),
