@@ -32,6 +32,10 @@ def _build_config(args) -> ServerConfig:
             sc.guest_ok = True
     if args.break_timeout is not None:
         cfg.break_timeout = args.break_timeout
+    if args.break_ack_poll_us is not None:
+        if args.break_ack_poll_us < 0:
+            raise ConfigError("--break-ack-poll-us: must be >= 0")
+        cfg.break_ack_poll_us = args.break_ack_poll_us
     if args.no_kernel_leases:
         cfg.kernel_leases = False
     validate(cfg)
@@ -156,6 +160,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--guest", action="store_true", help="allow guest access to the shares")
     s.add_argument("--break-timeout", type=float, default=None, metavar="SECONDS",
                    help="oplock/lease break acknowledgement timeout (default 35)")
+    s.add_argument("--break-ack-poll-us", type=int, default=None, metavar="MICROSECONDS",
+                   help="after a kernel lease break, poll for the client's ack this long "
+                        "instead of sleeping (default 500; 0 never)")
     s.add_argument("--no-kernel-leases", action="store_true", help="do not back grants with kernel leases")
     s.add_argument("--log-level", default="info", help="debug, info, warning, error")
     s.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)

@@ -30,6 +30,9 @@ class ServerConfig:
     server_name: str = "SMBD-PY"
     workgroup: str = "WORKGROUP"
     break_timeout: float = 35.0       # seconds a client has to acknowledge a break
+    # After a kernel lease break goes out, the loop polls for the ack this long instead
+    # of sleeping (oplocks.ack_poll: a local open waits less, for some CPU); 0: never.
+    break_ack_poll_us: int = 500
     kernel_leases: bool = True
     signing_required: bool = False
     max_credits: int = 8192
@@ -77,6 +80,10 @@ def load_file(path: str) -> ServerConfig:
                 setattr(cfg, key, bool(server[key]))
         if "break_timeout" in server:
             cfg.break_timeout = float(server["break_timeout"])
+        if "break_ack_poll_us" in server:
+            cfg.break_ack_poll_us = int(server["break_ack_poll_us"])
+            if cfg.break_ack_poll_us < 0:
+                raise ValueError("break_ack_poll_us must be >= 0")
         if cfg.users_file and not os.path.isabs(cfg.users_file):
             cfg.users_file = os.path.join(os.path.dirname(os.path.abspath(path)), cfg.users_file)
         for name, table in data.get("share", data.get("shares", {})).items():

@@ -67,7 +67,8 @@ class Caching:
         self.backing: KernelBacking = (kernel.backing(self._kernel_break) if kernel is not None
                                        else null_backing(self._kernel_break))
         self.fd_keys: dict[int, Any] = {}   # cache id -> inode whose description it shares
-        self.ack_poll = AckPoll(self.table.kernel_breaking)
+        self.ack_poll = AckPoll(self.table.kernel_breaking,
+                                window=ctx.config.break_ack_poll_us / 1e6)
 
     _loop: asyncio.AbstractEventLoop | None = None
 

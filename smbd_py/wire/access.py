@@ -100,8 +100,13 @@ FILE_ATTRIBUTE_VALID_FLAGS = 0x00007FB7
 FILE_ATTRIBUTE_VALID_SET_FLAGS = 0x000031A7
 
 
+_GENERIC_ANY = GENERIC_ALL | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE
+
+
 def map_generic(access: int) -> int:
     """Expand GENERIC_* bits to the file-specific rights (MS-SMB2 3.3.5.9 / MS-DTYP)."""
+    if not access & _GENERIC_ANY:
+        return access
     if access & GENERIC_ALL:
         access |= FILE_ALL_ACCESS
     if access & GENERIC_READ:
@@ -110,4 +115,4 @@ def map_generic(access: int) -> int:
         access |= FILE_GENERIC_WRITE
     if access & GENERIC_EXECUTE:
         access |= FILE_GENERIC_EXECUTE
-    return access & ~(GENERIC_ALL | GENERIC_READ | GENERIC_WRITE | GENERIC_EXECUTE)
+    return access & ~_GENERIC_ANY

@@ -68,3 +68,24 @@ async def test_no_poll_on_one_cpu_or_zero_window(monkeypatch):
     poll = AckPoll(lambda key: True)
     poll.start(loop, "f")
     assert not poll.active and poll.window == 0.0
+
+
+def test_window_is_configured_by_break_ack_poll_us(tmp_path):
+    """[server] break_ack_poll_us sets the poll window (0 turns polling off); a negative
+    value is refused with the file named; the server's caching layer uses the value."""
+    import pytest
+    from smbd_py.config import ConfigError, load_file
+    from smbd_py.protocol.caching import caching_of
+    from smbd_py.testing import SmbdServer
+    from smbd_py.testing import loop
+    (tmp_path / "d").mkdir()
+    cfg = tmp_path / "smbd.toml"
+    cfg.write_text('[server]\nbreak_ack_poll_us = 0\n\n[share.d]\npath = "d"\n')
+    assert load_file(str(cfg)).break_ack_poll_us == 0
+    cfg.write_text('[server]\nbreak_ack_poll_us = -1\n\n[share.d]\npath = "d"\n')
+    with pytest.raises(ConfigError, match=str(cfg)):
+        load_file(str(cfg))
+    for us in (0, 250):
+        with SmbdServer(break_ack_poll_us=us) as srv:
+            got = loop.call(lambda: caching_of(srv.ctx).ack_poll.window)
+        assert got == (us / 1e6 if (ack_poll.os.cpu_count() or 1) > 1 else 0.0)
