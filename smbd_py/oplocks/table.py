@@ -45,6 +45,7 @@ LeaseId = tuple  # (client_guid, lease_key)
 _OPLOCK_GRANTS = {lvl: Grant(lvl) for lvl in (OPLOCK_NONE, OPLOCK_II, OPLOCK_EXCLUSIVE,
                                                OPLOCK_BATCH)}
 _OPLOCK_OK = {lvl: OpenResult(NtStatus.SUCCESS, g, ()) for lvl, g in _OPLOCK_GRANTS.items()}
+GRANT_NONE = _OPLOCK_GRANTS[OPLOCK_NONE]     # open_plain's answer
 # oplock_to_lease as a table, for the loops that run while a local open(2) waits on a
 # kernel lease break (kernel_break, the ack's _post_change): an open only ever holds
 # one of these four levels.
@@ -146,22 +147,30 @@ class LeaseTable:
 
     # ------------------------------------------------------------ open
 
+    def open_plain(self, open_id: Hashable, file_key: Hashable, owner_id: Hashable,
+                   client_guid: bytes, access_mask: int) -> bool:
+        """open() of a request that asks for no caching and meets no sharing violation,
+        when nobody caches the file: nothing to break or wait for, nothing to grant,
+        nothing changes for the kernel; the open is only recorded for later requests to
+        see, and its answer is SUCCESS with GRANT_NONE. Returns False, recording nothing,
+        when open() must decide. (The generic path comes to the same answer at several
+        times the cost; this is a plain client's CREATE, without an OpenRequest.)"""
+        fs = self._files.get(file_key)
+        if fs is not None and (fs.leases or fs.waiters or fs.kernel_target is not None
+                               or any(e.oplock != OPLOCK_NONE for e in fs.opens.values())):
+            return False
+        op = Open(open_id, file_key, owner_id, client_guid, access_mask)
+        if fs is None:
+            fs = self._files[file_key] = FileState()
+        fs.opens[open_id] = op
+        self._opens[open_id] = op
+        return True
+
     def open(self, req: OpenRequest, now: float) -> OpenResult:
-        if req.oplock_level == OPLOCK_NONE and not req.sharing_violation:
-            fs = self._files.get(req.file_key)
-            if fs is None or (not fs.leases and not fs.waiters and fs.kernel_target is None
-                              and all(e.oplock == OPLOCK_NONE for e in fs.opens.values())):
-                # Nothing asked and nobody caches the file: nothing to break or wait
-                # for, nothing to grant, nothing changes for the kernel; the open is only
-                # recorded for later requests to see. The generic path below comes to
-                # the same answer at several times the cost (a plain client's CREATE).
-                op = Open(req.open_id, req.file_key, req.owner_id, req.client_guid,
-                          req.access_mask)
-                if fs is None:
-                    fs = self._files[req.file_key] = FileState()
-                fs.opens[req.open_id] = op
-                self._opens[req.open_id] = op
-                return _OPLOCK_OK[OPLOCK_NONE]
+        if (req.oplock_level == OPLOCK_NONE and not req.sharing_violation
+                and self.open_plain(req.open_id, req.file_key, req.owner_id,
+                                    req.client_guid, req.access_mask)):
+            return _OPLOCK_OK[OPLOCK_NONE]
         actions: list[Action] = []
         want_lease = None
         if req.oplock_level == OPLOCK_LEASE and req.lease is not None:

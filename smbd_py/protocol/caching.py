@@ -33,7 +33,7 @@ from typing import Any
 
 from ..oplocks.ack_poll import AckPoll
 from ..oplocks.backing import KernelBacking, null_backing
-from ..oplocks.table import LeaseTable
+from ..oplocks.table import GRANT_NONE, LeaseTable
 from ..oplocks.types import (LEASE_NONE, LEASE_RWH, LEASE_W, OPLOCK_BATCH, OPLOCK_EXCLUSIVE,
                              OPLOCK_LEASE, CachingChanged, KernelBreakDone, OpenRequest,
                              Resume, SendLeaseBreak, SendOplockBreak)
@@ -227,6 +227,9 @@ async def acquire(req, cache_id: int, file_key, c, access: int, is_dir: bool,
     because holders were broken and have now answered (the request went async)."""
     cache = caching_of(req.conn.server)
     conn = req.conn
+    if (not c.oplock and not sharing_violation
+            and cache.table.open_plain(cache_id, file_key, conn, conn.client_guid, access)):
+        return GRANT_NONE       # nothing asked, nobody caches the file: only recorded
     lease = leases.parse_lease_context(c.contexts) if c.oplock == OPLOCK_LEASE else None
     res = cache.table.open(OpenRequest(
         open_id=cache_id, file_key=file_key, owner_id=conn, client_guid=conn.client_guid,
