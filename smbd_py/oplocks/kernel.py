@@ -274,8 +274,9 @@ class KernelLeases:
 
     # ----------------------------------------------------------------- breaks
     def _on_signalfd_readable(self) -> None:
-        # A local open(2) is blocked until the break reaches the client: one record (the
-        # usual case) goes straight to _check_fd; anything else takes _handle_records.
+        self._drain(dispatch=True)
+
+    def _drain(self, dispatch: bool) -> None:
         sfd = self._sfd
         for _ in range(1024):  # bounded: the queue is finite, but never spin forever
             try:
@@ -286,25 +287,16 @@ class KernelLeases:
                 continue
             if not data:
                 return
+            if not dispatch:
+                continue
             if len(data) == _SIGINFO_SIZE:
+                # A local open(2) is blocked until the break reaches the client: one
+                # record (the usual case) goes straight to _check_fd.
                 signo, _errno, _code, _pid, _uid, fd = _SIGINFO_HEAD.unpack_from(data)
                 if signo == self._signo:
                     self._check_fd(fd)
                     continue
             self._handle_records(data)
-
-    def _drain(self, dispatch: bool) -> None:
-        for _ in range(1024):  # bounded: the queue is finite, but never spin forever
-            try:
-                data = os.read(self._sfd, _READ_SIZE)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            if not data:
-                return
-            if dispatch:
-                self._handle_records(data)
 
     def _handle_records(self, data: bytes) -> None:
         size = _SIGINFO_SIZE
