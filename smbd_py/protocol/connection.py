@@ -543,9 +543,12 @@ class Connection:
                     out += piece
             else:
                 out += body
+            # Every response of a compound is padded to 8 bytes, the last one too (as
+            # Windows does; smbtorture smb2.compound.compound-padding): a lone response
+            # is not (n == 1 also covers a compound member answered on its own).
+            if n > 1:
+                out += b"\0" * ((-len(out)) % 8)
             if i + 1 < n:
-                pad = (-len(out)) % 8
-                out += b"\0" * pad
                 h.next_command = len(out) - start
                 h.pack_into(out, start)
             signer = self._signer_for(req)
