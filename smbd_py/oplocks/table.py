@@ -706,8 +706,7 @@ class LeaseTable:
                 actions.append(Resume(w, file_key))
                 self._waiter_file.pop(w, None)
             fs.waiters.clear()
-        if not fs.opens and not fs.waiters and fs.kernel_target is None:
-            del self._files[file_key]           # _gc_file, inline
+        self._gc_file(file_key)
 
     def _gc_file(self, file_key: Hashable) -> None:
         fs = self._files.get(file_key)
