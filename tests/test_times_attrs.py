@@ -8,7 +8,8 @@ What is proven:
 - a creation time a client sets (FileBasicInformation) is reported from then on by
   QUERY_INFO, CLOSE post-query, listings, later opens and smbclient's allinfo, also
   after a rename (it lives in the inode's xattr);
-- HIDDEN/SYSTEM set by a client (SET_INFO or CREATE) show in listings as in QUERY_INFO.
+- HIDDEN/SYSTEM set by a client (SET_INFO or CREATE) show in listings as in QUERY_INFO;
+- creation and write times at the edges (1970-01-01 exactly, 1968, year 2446) are kept.
 Ports 15610-15619.
 """
 from __future__ import annotations
@@ -138,6 +139,31 @@ async def test_client_set_creation_time_is_kept_and_reported(srv):
         assert ct == SET_CREATION and attrs & SYSTEM
         await c.close(tid, r.file_id)
         assert await listed(c, tid, "renamed.txt") == (SET_CREATION, ARCHIVE | SYSTEM)
+    finally:
+        await c.disconnect()
+
+
+@pytest.mark.parametrize("unix_s", [0, -63158400, 15032385535])
+async def test_extreme_times_are_kept(srv, unix_s):
+    """Creation and write times at the edges smbtorture smb2.timestamps probes: exactly
+    1970-01-01 (0 ns, not "no time"), 1968, and year 2446 (beyond what 64-bit Unix ns
+    can hold: it once dropped the connection). Both read back exactly, also after a
+    reopen and in a listing."""
+    c, tid = await session(srv)
+    name = f"edge{unix_s}.txt"
+    ft = unix_ns_to_filetime(unix_s * 1_000_000_000)
+    try:
+        r = await c.create(tid, name, disposition=Disposition.CREATE)
+        await c.set_info(tid, r.file_id, wire.InfoType.FILE, wire.FileInfoClass.BASIC,
+                         BASIC.pack(ft, 0, ft, 0, 0))
+        ct, _at, wt, _cht, _attrs = await basic(c, tid, r.file_id)
+        assert (ct, wt) == (ft, ft)
+        await c.close(tid, r.file_id)
+        r = await c.create(tid, name, disposition=Disposition.OPEN,
+                           desired_access=Access.FILE_READ_ATTRIBUTES)
+        assert r.creation_time == ft
+        await c.close(tid, r.file_id)
+        assert (await listed(c, tid, name))[0] == ft
     finally:
         await c.disconnect()
 

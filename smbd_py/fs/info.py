@@ -173,7 +173,7 @@ def dos_attributes(st, name: str = "", hide_dot_files: bool = True, stored: int 
 def creation_ns(st, btime_ns: int | None = None) -> int:
     """Best creation time we know: a real birth time (given, or st_birthtime_ns of a
     paths.StatX), else the earliest of mtime and ctime (what Samba does without btime)."""
-    if btime_ns:
+    if btime_ns is not None:
         return btime_ns
     b = getattr(st, "st_birthtime_ns", 0)  # paths.StatX carries it; os.stat_result (3.11) does not
     if b:

@@ -11,6 +11,7 @@ from ..fs import ea as fsea
 from ..fs import info as fsinfo
 from ..fs.info import FileInfoClass as FIC
 from ..fs.paths import fstat_btime   # statx: CreationTime is the birth time
+from ..fs.timeconv import filetime_to_unix_ns, unix_ns_to_filetime
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
 from .create import lookup_open
@@ -59,7 +60,17 @@ def _fd_path(fd: int) -> str:
 # The xattr's value: DOS attributes (4 bytes LE), then optionally a creation time a
 # client set (8 bytes LE, Unix ns): Linux cannot set a birth time, so it is kept here
 # as Samba keeps it in user.DOSATTRIB, and it moves with the inode across renames.
+# A time the ns field cannot say - exactly 1970-01-01 (0 there means "none") or beyond
+# year 2262 (FILETIME goes to 30828) - leaves it 0 and follows as a FILETIME (8 bytes LE).
 _CREATION = struct.Struct("<q")
+_CREATION_FILETIME = struct.Struct("<Q")
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _pack_creation(creation_ns: int) -> bytes:
+    if creation_ns and _NS_MIN <= creation_ns <= _NS_MAX:
+        return _CREATION.pack(creation_ns)
+    return _CREATION.pack(0) + _CREATION_FILETIME.pack(unix_ns_to_filetime(creation_ns))
 # On a directory: some entry holds stored attributes or a creation time that differ
 # from what its mode and name give, so a listing must read each entry's xattr. Without
 # it a listing costs no xattr read per entry.
@@ -85,6 +96,9 @@ def parse_stored(v: bytes) -> int | None:
         (creation,) = _CREATION.unpack_from(v, 4)
         if creation:
             return StoredAttributes(attrs, creation)
+        if len(v) >= 20:
+            (ft,) = _CREATION_FILETIME.unpack_from(v, 12)
+            return StoredAttributes(attrs, filetime_to_unix_ns(ft))
     return attrs
 
 
@@ -138,7 +152,7 @@ def listing_attributes(dir_fd: int, name: str, st) -> int | None:
         return None
     attrs = _combine(st, name, stored, stat_mod.S_ISDIR(st.st_mode))
     creation = getattr(stored, "creation_ns", None)
-    return StoredAttributes(attrs, creation) if creation else attrs
+    return StoredAttributes(attrs, creation) if creation is not None else attrs
 
 
 def dir_is_marked(fd: int) -> bool:
@@ -188,8 +202,8 @@ def _apply_attributes(fd: int, attrs: int, is_dir: bool, creation_ns: int | None
             os.chmod(path, new)
     keep = attrs & STORED_ATTRIBUTES
     value = keep.to_bytes(4, "little")
-    if creation_ns:
-        value += _CREATION.pack(creation_ns)
+    if creation_ns is not None:
+        value += _pack_creation(creation_ns)
         keep = StoredAttributes(keep, creation_ns)
     try:
         os.setxattr(path, ATTR_XATTR, value)
