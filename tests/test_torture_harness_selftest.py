@@ -207,6 +207,20 @@ def test_list_file_round_trip_and_regressions(tmp_path):
         "regression: smb2.read.eof listed pass, got not run"]
 
 
+def test_list_names_may_hold_spaces(tmp_path):
+    """smbtorture names some tests with a space (smb2.delete-on-close-perms.CREATE
+    Existing): the name runs up to the expectation word, the reason follows it."""
+    f = tmp_path / "list.txt"
+    f.write_text("[s]\ns.CREATE Existing        fail  failure: x pass y\ns.CREATE  pass\n"
+                 "s.one pass\n")
+    exp = load_expected(f)
+    assert exp == {"s.CREATE Existing": ("fail", "failure: x pass y"),
+                   "s.CREATE": ("pass", ""), "s.one": ("pass", "")}
+    f.write_text("s.lonely\n")
+    with pytest.raises(ValueError, match="expected 'NAME pass"):
+        load_expected(f)
+
+
 def test_list_files_parse():
     ref = load_expected(REFERENCE)
     assert ref["smb2.connect"] == ("pass", "")

@@ -509,6 +509,13 @@ async def handle_create(req) -> bytes:
     raise SmbError(NtStatus.INTERNAL_ERROR)
 
 
+def _readonly_delete_on_close(c: CreateRequest) -> bool:
+    """A file about to be created or overwritten read-only, and deleted on close: MS-FSA
+    2.1.5.1.1 and 2.1.5.1.2.1 answer STATUS_CANNOT_DELETE (smbtorture
+    smb2.delete-on-close-perms.READONLY, base.delete deltest12)."""
+    return bool(c.options & A.FILE_DELETE_ON_CLOSE and c.attributes & A.FILE_ATTRIBUTE_READONLY)
+
+
 # CreateAction of an open of an existing file, by disposition (FILE_OPENED otherwise).
 _ACTION_OF = {A.FILE_SUPERSEDE: A.FILE_SUPERSEDED, A.FILE_OVERWRITE: A.FILE_OVERWRITTEN,
               A.FILE_OVERWRITE_IF: A.FILE_OVERWRITTEN}
@@ -528,6 +535,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
             raise SmbError(NtStatus.ACCESS_DENIED)
         if not comps:
             raise SmbError(NtStatus.ACCESS_DENIED)
+        if _readonly_delete_on_close(c):
+            raise SmbError(NtStatus.CANNOT_DELETE)
         # A stream file's mode says nothing: the base file's read-only bit rules.
         readonly = bool(c.attributes & A.FILE_ATTRIBUTE_READONLY) and sx is None
         access = _granted_access(c, tree, sx is not None and sx.read_only)
@@ -574,6 +583,8 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
                 raise SmbError(NtStatus.ACCESS_DENIED)
             if share.read_only:
                 raise SmbError(NtStatus.ACCESS_DENIED)
+            if _readonly_delete_on_close(c) and not is_dir:
+                raise SmbError(NtStatus.CANNOT_DELETE)
         if c.options & A.FILE_DELETE_ON_CLOSE:
             if readonly_file:
                 raise SmbError(NtStatus.CANNOT_DELETE)

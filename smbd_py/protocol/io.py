@@ -19,6 +19,8 @@ FLUSH_REQ = struct.Struct("<HHI16s")
 READ_DATA_OFFSET = 64 + 16
 WRITEFLAG_WRITE_THROUGH = 0x1
 WRITE_TO_EOF = 0xFFFFFFFFFFFFFFFF
+_MAX_OFFSET = 0x7FFFFFFFFFFFFFFF          # MAXLONGLONG: offsets are signed on the wire
+_MAX_FILE_SIZE = 0xFFFFFFF0000           # the largest file NTFS (and Windows' SMB2) allows
 
 
 def _check_credit_charge(req, length: int) -> None:
@@ -59,14 +61,20 @@ async def handle_read(req) -> bytes | tuple:
         raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
     if not op.granted_access & (A.FILE_READ_DATA | A.FILE_EXECUTE):
         raise SmbError(NtStatus.ACCESS_DENIED)
-    if offset > 0x7FFFFFFFFFFFFFFF:
+    if offset + length > _MAX_OFFSET:
+        # MS-FSA 2.1.5.2: ByteOffset + ByteCount beyond MAXLONGLONG (smbtorture
+        # smb2.rw.invalid); a read that ends exactly there is an ordinary one.
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if length and op.file.locks:
         from .lock import check_io_conflict
         check_io_conflict(op, offset, length, write=False)
     if length:
         buf = bufpool.shared.get(length)
-        n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
+        try:
+            n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
+        except OSError as e:
+            from ..fs.paths import errno_to_status
+            raise SmbError(errno_to_status(e.errno)) from None
         # The payload is sent (and signed) from the buffer itself; the pool hands the
         # buffer out again only once the transport let go of it.
         data = buf if n == length else memoryview(buf)[:n]
@@ -138,12 +146,16 @@ async def handle_write(req) -> bytes:
     if op.is_dir:
         raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)
     access = op.granted_access
-    if offset == WRITE_TO_EOF and access & A.FILE_APPEND_DATA:
+    if offset == WRITE_TO_EOF and access & A.FILE_APPEND_DATA and not access & A.FILE_WRITE_DATA:
+        # An append-only handle's "write at end of file" (MS-FSA 2.1.5.3); with
+        # FILE_WRITE_DATA granted Windows refuses the offset like any other negative one.
         offset = os.fstat(op.fd).st_size
     elif not access & A.FILE_WRITE_DATA:
         if not access & A.FILE_APPEND_DATA:
             raise SmbError(NtStatus.ACCESS_DENIED)
-    if offset + length > 0x7FFFFFFFFFFFFFFF:
+    if offset + length > _MAX_OFFSET or (length and offset + length > _MAX_FILE_SIZE):
+        # Negative offsets, ends beyond MAXLONGLONG, and data beyond the largest file
+        # Windows allows (smbtorture smb2.rw.invalid).
         raise SmbError(NtStatus.INVALID_PARAMETER)
     if length and op.file.locks:
         from .lock import check_io_conflict

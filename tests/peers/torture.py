@@ -224,6 +224,11 @@ def run_suites(suites: Sequence[str], *, timeout_s_per_suite: float, **kw) -> To
 
 # ---------------------------------------------------------------- list files
 
+# A test name may hold single spaces (smb2.delete-on-close-perms.CREATE Existing): the
+# name is the shortest prefix followed by whitespace and an expectation word.
+_LIST_LINE = re.compile(r"^(?P<name>\S(?:.*?\S)?)\s+(?P<exp>pass|fail|skip)(?:\s+(?P<reason>.*))?$")
+
+
 def load_expected(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
     """Read a list file: ``NAME  pass|fail|skip  [reason...]`` per line; ``#``
     starts a comment; ``[suite]`` lines group tests and are otherwise ignored."""
@@ -233,13 +238,14 @@ def load_expected(path: str | os.PathLike) -> dict[str, tuple[str, str]]:
             line = raw.strip()
             if not line or line.startswith("#") or (line.startswith("[") and line.endswith("]")):
                 continue
-            parts = line.split(None, 2)
-            if len(parts) < 2 or parts[1] not in EXPECTATIONS:
+            m = _LIST_LINE.match(line)
+            if m is None:
                 raise ValueError(f"{path}:{lineno}: expected 'NAME pass|fail|skip [reason]', "
                                  f"got {raw!r}")
-            if parts[0] in expected:
-                raise ValueError(f"{path}:{lineno}: {parts[0]} listed twice")
-            expected[parts[0]] = (parts[1], parts[2].strip() if len(parts) > 2 else "")
+            name = m["name"]
+            if name in expected:
+                raise ValueError(f"{path}:{lineno}: {name} listed twice")
+            expected[name] = (m["exp"], (m["reason"] or "").strip())
     return expected
 
 
