@@ -172,7 +172,7 @@ def _granted_access(c: CreateRequest, tree, read_only_file: bool) -> int:
     return access
 
 
-def _share_conflict(fs, access: int, share: int) -> bool:
+def share_conflict(fs, access: int, share: int) -> bool:
     """MS-FSA 2.1.5.1.2.1: sharing between the new open and every existing data open."""
     if not access & (A.DATA_ACCESS | A.DELETE):
         return False
@@ -599,7 +599,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
         # Oplock holders are broken before the share-mode verdict and before the file is
         # opened (a truncate must not overtake a holder's cached writes): MS-SMB2 3.3.5.9,
         # MS-FSA 2.1.5.1.2. The table answers SHARING_VIOLATION itself when it stands.
-        conflict = fs is not None and _share_conflict(fs, access, c.share_access)
+        conflict = fs is not None and share_conflict(fs, access, c.share_access)
         grant = await caching.acquire(req, c.cache_id, key, c, access, is_dir, conflict,
                                       bool(fs is not None and fs.locks), c.first_attempt)
         if grant is None:
@@ -645,7 +645,7 @@ async def _create_or_open(req, c, root, comps, st, want_dir, sx=None):
     fs = ctx.file_state(key, comps, is_dir, share)
     if not fs.opens:
         fs.attributes = stored
-    if fs.delete_pending or _share_conflict(fs, access, c.share_access) or (
+    if fs.delete_pending or share_conflict(fs, access, c.share_access) or (
             sx is None and _stream_delete_conflict(ctx, key, access)):
         os.close(fd)
         caching.release(ctx, c.cache_id)

@@ -10,6 +10,7 @@ from ..fs.info import FileInfoClass as FIC
 from ..fs.timeconv import filetime_to_unix_ns
 from ..wire import access as A
 from ..wire.status import NtStatus, SmbError
+from .create import share_conflict
 from .info import _SET_NEEDS, _fd_path, _mark_parent, _significant, meta_fd, store_attributes
 
 
@@ -222,11 +223,14 @@ async def _rename(req, op, v) -> None:
 
 
 def _check_dst_dir_sharing(ctx, share, dst_parent: tuple) -> None:
-    """A rename opens the destination's directory without FILE_SHARE_DELETE: any open
-    of that directory with DELETE access is a sharing violation."""
+    """A rename opens the destination's directory to add an entry (FILE_ADD_FILE, the
+    FILE_WRITE_DATA bit) sharing read and write, not delete, as Windows does: an open
+    of that directory with DELETE access, or with data access that does not share
+    writing, is a sharing violation (smbtorture smb2.rename.*_delete_* and msword:
+    an attributes-only open conflicts with nothing)."""
     for pfs in list(ctx.files.values()):
         if pfs.is_dir and pfs.share is share and tuple(pfs.components) == dst_parent and \
-                any(o.granted_access & A.DELETE for o in pfs.opens):
+                share_conflict(pfs, A.FILE_WRITE_DATA, A.FILE_SHARE_READ | A.FILE_SHARE_WRITE):
             raise SmbError(NtStatus.SHARING_VIOLATION)
 
 
