@@ -296,6 +296,7 @@ _ERRNO_ANY = {
     errno.ELOOP: NtStatus.ACCESS_DENIED,
     errno.EXDEV: NtStatus.ACCESS_DENIED,
     errno.ENOSPC: NtStatus.DISK_FULL,
+    errno.EFBIG: NtStatus.DISK_FULL,      # past the file system's largest file (Windows)
     errno.EDQUOT: NtStatus.DISK_FULL,
     errno.ENAMETOOLONG: NtStatus.OBJECT_NAME_INVALID,
     errno.EINVAL: NtStatus.INVALID_PARAMETER,

@@ -368,6 +368,14 @@ class Connection:
                 log.debug("%s -> %s", Command(cmd).name if cmd in Command._value2member_map_ else cmd,
                           e, exc_info=True)
             return self._error(req, e.status, e.data)
+        except OSError as e:
+            # A file-system error no handler turned into a status (an EOF past the largest
+            # file, ...): the request fails with the errno's status, the connection lives.
+            from ..fs.paths import errno_to_status
+            log.warning("%s on connection %s: %s", Command(cmd).name if cmd in
+                        Command._value2member_map_ else cmd, self.peer, e)
+            log.debug("where", exc_info=True)
+            return self._error(req, errno_to_status(e.errno))
 
     def _error(self, req: Request, status: int, data: bytes = b"") -> bytes:
         req.status = status
