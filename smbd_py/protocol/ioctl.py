@@ -1,6 +1,6 @@
 """IOCTL (MS-SMB2 3.3.5.15): FSCTL_VALIDATE_NEGOTIATE_INFO, FSCTL_PIPE_TRANSCEIVE (srvsvc and
-friends over IPC$), FSCTL_QUERY_NETWORK_INTERFACE_INFO, and the statuses the spec names for
-the rest."""
+friends over IPC$), FSCTL_QUERY_NETWORK_INTERFACE_INFO, server-side copy (protocol.copychunk),
+and the statuses the spec names for the rest."""
 from __future__ import annotations
 
 import socket
@@ -9,6 +9,7 @@ import struct
 from ..wire.header import RELATED_FILE_ID
 from ..wire.status import NtStatus, SmbError
 from .connection import Disconnect
+from . import copychunk
 from .create import lookup_open
 
 IOCTL_REQ = struct.Struct("<HHI16sIIIIIIII")      # 56 bytes
@@ -40,6 +41,11 @@ FSCTL_SET_COMPRESSION = 0x0009C040
 FSCTL_FILESYSTEM_GET_STATISTICS = 0x00090060
 
 NO_FILE_ID = b"\xff" * 16
+# FSCTL_GET/SET_COMPRESSION's COMPRESSION_STATE (MS-FSCC 2.3.11, 2.3.67).
+_COMPRESSION_STATE = struct.Struct("<H")
+COMPRESSION_FORMAT_NONE = 0
+COMPRESSION_FORMAT_DEFAULT = 1
+COMPRESSION_FORMAT_LZNT1 = 2
 
 
 def _response(ctl: int, file_id: bytes, output: bytes) -> bytes:
@@ -84,6 +90,11 @@ async def handle_ioctl(req) -> bytes:
         return _response(ctl, op.file_id, out)
     if op.pipe is not None:
         raise SmbError(NtStatus.NOT_SUPPORTED)
+    if ctl == FSCTL_SRV_REQUEST_RESUME_KEY:
+        return _response(ctl, op.file_id, copychunk.request_resume_key(op, max_out))
+    if ctl in (FSCTL_SRV_COPYCHUNK, FSCTL_SRV_COPYCHUNK_WRITE):
+        out = await copychunk.copy_chunks(req, op, ctl == FSCTL_SRV_COPYCHUNK_WRITE, data, max_out)
+        return _response(ctl, op.file_id, out)
     if ctl == FSCTL_SRV_ENUMERATE_SNAPSHOTS:
         if max_out < 16:
             raise SmbError(NtStatus.INVALID_PARAMETER)
@@ -92,7 +103,22 @@ async def handle_ioctl(req) -> bytes:
         raise SmbError(NtStatus.NOT_A_REPARSE_POINT)
     if ctl in (FSCTL_CREATE_OR_GET_OBJECT_ID, FSCTL_GET_OBJECT_ID):
         return _object_id(op, ctl, max_out)
-    if ctl in (FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA, FSCTL_SET_COMPRESSION):
+    if ctl == FSCTL_GET_COMPRESSION:
+        # No file here is compressed (FILE_FILE_COMPRESSION is not advertised): NONE.
+        if max_out < _COMPRESSION_STATE.size:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        return _response(ctl, op.file_id, _COMPRESSION_STATE.pack(COMPRESSION_FORMAT_NONE))
+    if ctl == FSCTL_SET_COMPRESSION:
+        # Asking for NONE asks for what every file already is; compressing is not offered.
+        if len(data) < _COMPRESSION_STATE.size:
+            raise SmbError(NtStatus.INVALID_PARAMETER)
+        (fmt,) = _COMPRESSION_STATE.unpack_from(data)
+        if fmt == COMPRESSION_FORMAT_NONE:
+            return _response(ctl, op.file_id, b"")
+        if fmt in (COMPRESSION_FORMAT_DEFAULT, COMPRESSION_FORMAT_LZNT1):
+            raise SmbError(NtStatus.NOT_SUPPORTED)
+        raise SmbError(NtStatus.INVALID_PARAMETER)
+    if ctl in (FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA):
         raise SmbError(NtStatus.NOT_SUPPORTED)
     # Any other FSCTL: the object store does not implement it (MS-SMB2 3.3.5.15).
     raise SmbError(NtStatus.INVALID_DEVICE_REQUEST)

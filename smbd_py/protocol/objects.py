@@ -142,6 +142,7 @@ class Open:
     file: "FileState | None" = None
     notify: Any = None
     cache_id = 0              # this open's id in the oplock table (protocol.caching)
+    resume_key = b""          # FSCTL_SRV_REQUEST_RESUME_KEY's key (protocol.copychunk)
     # A named-stream open (fs.streams): `fd`/`file` are the stream file's in the depot;
     # the stream's name as stored, an O_PATH fd on the base file (its times and
     # attributes are the stream's) and the base file's share components.
