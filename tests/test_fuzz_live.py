@@ -49,11 +49,19 @@ class Gone(Exception):
     """The server closed the connection (an acceptable answer to bad input)."""
 
 
+class SetupRefused(Exception):
+    """A setup CREATE was refused: earlier examples can leave fuzzdir or f.txt
+    delete-pending, read-only, replaced by a directory, or held without sharing by a
+    durable open of a dropped connection - the server right each time."""
+
+
 # --- a raw-socket SMB2 client -------------------------------------------------------------
 
 class RawConn:
     """One TCP connection speaking SMB2 by hand: enough state (credits, ids, keys) to build
     valid messages, and no opinions about what comes back."""
+
+    _spare = 0          # numbers the names sessions take when fuzzdir or f.txt is unusable
 
     def __init__(self, host: str, port: int):
         self.sock = socket.create_connection((host, port), timeout=5)
@@ -231,10 +239,27 @@ class RawConn:
                             wire.tree_connect_request(f"\\\\{self.host}\\share"))
         assert h[3] == 0, f"TREE_CONNECT: {h[3]:#x}"
         self.tree_id = h[10]
-        self.dir_id = self._create("fuzzdir", wire.Disposition.OPEN_IF,
-                                   wire.CreateOptions.DIRECTORY_FILE)
-        self.file_id = self._create("fuzzdir\\f.txt", wire.Disposition.OPEN_IF,
-                                    wire.CreateOptions.NON_DIRECTORY_FILE)
+        # Earlier examples may have left fuzzdir or f.txt unusable (SetupRefused says how):
+        # this session then takes names of its own; a fresh name must open.
+        dir_name, file_name = "fuzzdir", "fuzzdir\\f.txt"
+        for _ in range(20):
+            try:
+                self.dir_id = self._create(dir_name, wire.Disposition.OPEN_IF,
+                                           wire.CreateOptions.DIRECTORY_FILE)
+            except SetupRefused:
+                RawConn._spare += 1
+                dir_name = f"fuzzdir{RawConn._spare}"
+                file_name = dir_name + "\\f.txt"
+                continue
+            try:
+                self.file_id = self._create(file_name, wire.Disposition.OPEN_IF,
+                                            wire.CreateOptions.NON_DIRECTORY_FILE)
+                break
+            except SetupRefused:
+                RawConn._spare += 1
+                file_name = f"{dir_name}\\f{RawConn._spare}.txt"
+        else:
+            raise AssertionError("no fresh setup file opened in 20 tries")
         h, _, _ = self.call(Command.WRITE, wire.write_request(self.file_id, 0, b"x" * 300))
         h, _, _ = self.call(Command.TREE_CONNECT,
                             wire.tree_connect_request(f"\\\\{self.host}\\IPC$"))
@@ -253,7 +278,8 @@ class RawConn:
                                    file_attributes=0, share_access=7, disposition=disposition,
                                    options=options, contexts=[])
         h, resp, _ = self.call(Command.CREATE, body)
-        assert h[3] == 0, f"CREATE {name}: {h[3]:#x}"
+        if h[3] != 0:
+            raise SetupRefused(f"CREATE {name}: {h[3]:#x}")
         return wire.parse_create_response(resp, 0).file_id
 
 
