@@ -103,6 +103,17 @@ class Disconnect(Exception):
     """The request breaks the protocol badly enough that the connection must be dropped."""
 
 
+def _request_header(mv: memoryview, offset: int) -> Header:
+    """The SMB2 header of a request at `offset`; anything else drops the connection."""
+    try:
+        hdr = Header.parse(mv, offset)
+    except ValueError as e:
+        raise Disconnect(str(e)) from e
+    if hdr.flags & _SERVER_TO_REDIR:
+        raise Disconnect("response flag on a request")
+    return hdr
+
+
 class Connection:
     def __init__(self, server: Any, transport: Any, peer: Any = None) -> None:
         self.server = server
@@ -238,12 +249,7 @@ class Connection:
 
     async def _handle_compound(self, data: bytes, encrypted_session: Any = None) -> None:
         mv = memoryview(data)
-        try:
-            hdr = Header.parse(mv, 0)
-        except ValueError as e:
-            raise Disconnect(str(e)) from e
-        if hdr.flags & _SERVER_TO_REDIR:
-            raise Disconnect("response flag on a request")
+        hdr = _request_header(mv, 0)
         if not hdr.next_command:
             # One request in the frame, nearly all traffic: no chain bookkeeping (the
             # Request's class defaults say "alone in its frame").
@@ -266,12 +272,7 @@ class Connection:
         total = len(data)
         while True:
             if offset:
-                try:
-                    hdr = Header.parse(mv, offset)
-                except ValueError as e:
-                    raise Disconnect(str(e)) from e
-                if hdr.flags & _SERVER_TO_REDIR:
-                    raise Disconnect("response flag on a request")
+                hdr = _request_header(mv, offset)
             if hdr.next_command:
                 if hdr.next_command % 8 or hdr.next_command < HEADER_SIZE or offset + hdr.next_command > total:
                     raise Disconnect("bad NextCommand")
@@ -531,7 +532,7 @@ class Connection:
         sess = req.session
         if sess is None:
             return None
-        if req.was_signed or sess.signing_required or req.hdr.command == Command.SESSION_SETUP:
+        if req.was_signed or sess.signing_required or req.hdr.command == _SESSION_SETUP:
             return sess.signer_for(self)
         return None
 
@@ -587,10 +588,7 @@ class Connection:
             else:
                 credits = self._grant_credits(hdr)
                 low, high = 0, hdr.tree_id
-            sess = req.session
-            # _signer_for's answer is None unless one of these holds (most traffic).
-            signer = self._signer_for(req) if sess is not None and (
-                req.was_signed or sess.signing_required or cmd == _SESSION_SETUP) else None
+            signer = self._signer_for(req)
             parts = body if body.__class__ is tuple else None
             size = HEADER_SIZE + (sum(map(len, parts)) if parts is not None else len(body))
             if signer is not None:

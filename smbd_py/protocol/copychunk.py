@@ -99,8 +99,10 @@ def parse_copy(data: bytes):
 
 def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int,
                 same_file: bool) -> int:
-    """Copy one chunk; returns the bytes copied (short at the source's end). Runs in the
-    I/O pool."""
+    """Copy one chunk; returns the bytes copied, or -1 without copying when the source
+    does not hold the whole chunk. Runs in the I/O pool."""
+    if src_off + length > os.fstat(src_fd).st_size:
+        return -1
     done = 0
     overlap = same_file and src_off < dst_off + length and dst_off < src_off + length
     if not overlap:
@@ -119,10 +121,6 @@ def _copy_range(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: in
     if data:
         os.pwrite(dst_fd, data, dst_off + done)
     return done + len(data)
-
-
-def _eof(fd: int) -> int:
-    return os.fstat(fd).st_size
 
 
 async def copy_chunks(req, dst, ctl_is_write_only: bool, data: bytes, max_out: int):
@@ -162,12 +160,12 @@ async def copy_chunks(req, dst, ctl_is_write_only: bool, data: bytes, max_out: i
         for src_off, dst_off, length in chunks:
             # The source must hold every byte a chunk asks for (Windows:
             # STATUS_INVALID_VIEW_SIZE); the chunks before it stay written.
-            if src_off + length > await ctx.run_io(_eof, src.fd):
-                raise SmbError(NtStatus.INVALID_VIEW_SIZE)
             try:
                 n = await ctx.run_io(_copy_range, src.fd, dst.fd, src_off, dst_off, length, same)
             except OSError as e:
                 raise SmbError(errno_to_status(e.errno)) from None
+            if n < 0:
+                raise SmbError(NtStatus.INVALID_VIEW_SIZE)
             total += n
             if n < length:
                 break

@@ -70,11 +70,7 @@ async def handle_read(req) -> bytes | tuple:
         check_io_conflict(op, offset, length, write=False)
     if length:
         buf = bufpool.shared.get(length)
-        try:
-            n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
-        except OSError as e:
-            from ..fs.paths import errno_to_status
-            raise SmbError(errno_to_status(e.errno)) from None
+        n = await conn.server.run_io(_pread_into, op.fd, buf, offset)
         # The payload is sent (and signed) from the buffer itself; the pool hands the
         # buffer out again only once the transport let go of it.
         data = buf if n == length else memoryview(buf)[:n]
